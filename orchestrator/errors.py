@@ -1,0 +1,12 @@
+"""Errors raised for bad user input: the CLI prints their message (no traceback) and exits 2."""
+
+
+class UserInputError(ValueError):
+    """A problem in something the user gave us (spec, dataset, checkpoint, argument).
+
+    The message must name the file, the offending entry or field, and the fix.
+    """
+
+
+class DatasetError(UserInputError):
+    """A COCO dataset that cannot be used: missing files, broken json, dangling references."""

@@ -1,0 +1,118 @@
+"""Batching for detection: pad to the largest image with a pixel mask, and a loader factory
+that works with and without torch.distributed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+
+@dataclass
+class Batch:
+    """A padded batch: `images [B,3,H,W]`, `pixel_mask [B,H,W]` (True on padding), targets."""
+
+    images: torch.Tensor
+    pixel_mask: torch.Tensor
+    targets: list[dict[str, Any]]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """Move images, mask and every tensor of the targets to `device`."""
+        targets = [
+            {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in t.items()}
+            for t in self.targets
+        ]
+        return Batch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.pixel_mask.to(device, non_blocking=non_blocking),
+            targets,
+        )
+
+    def pin_memory(self) -> Batch:
+        # DataLoader(pin_memory=True) calls this on custom batch types.
+        targets = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in t.items()} for t in self.targets]
+        return Batch(self.images.pin_memory(), self.pixel_mask.pin_memory(), targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def collate_detection(
+    samples: list[tuple[torch.Tensor, dict[str, Any]]], size_divisor: int = 1
+) -> Batch:
+    """Pad images to the largest height and width in the batch (rounded up to `size_divisor`).
+
+    Padding is zero in the normalised image and True in the mask; boxes stay normalised to each
+    image's own unpadded size (`target["size"]`).
+    """
+    if not samples:
+        raise ValueError("collate_detection got an empty batch")
+    images = [image.as_subclass(torch.Tensor) for image, _ in samples]
+    max_h = max(im.shape[-2] for im in images)
+    max_w = max(im.shape[-1] for im in images)
+    if size_divisor > 1:
+        max_h = -(-max_h // size_divisor) * size_divisor
+        max_w = -(-max_w // size_divisor) * size_divisor
+    batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))  # [B,3,H,W]
+    mask = torch.ones((len(images), max_h, max_w), dtype=torch.bool)  # [B,H,W]
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        batch[i, :, :h, :w] = image
+        mask[i, :h, :w] = False
+    return Batch(batch, mask, [target for _, target in samples])
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    size_divisor: int = 1,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader for training (shuffled) or evaluation (in order).
+
+    Under an initialised process group each rank gets its share through a DistributedSampler
+    (call `set_epoch(loader, epoch)` every epoch). The seed fixes the order and the random
+    augmentation of every worker, so a run is repeatable.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    if dist.is_available() and dist.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False)
+    elif train:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=_Collate(size_divisor),
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+class _Collate:
+    """Picklable collate with a fixed size divisor (worker processes need to pickle it)."""
+
+    def __init__(self, size_divisor: int) -> None:
+        self.size_divisor = size_divisor
+
+    def __call__(self, samples: list) -> Batch:
+        return collate_detection(samples, self.size_divisor)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle a distributed loader for `epoch` (a no-op for a plain sampler)."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)

@@ -1,0 +1,417 @@
+"""Seeded synthetic "shapes" dataset in COCO detection format.
+
+Small, fast and fully deterministic: the same seed and parameters give byte-identical files, so
+tests and smoke runs can train and evaluate detectors without downloading COCO. Category ids are
+deliberately non-contiguous, as in COCO, to catch code that assumes ``label == category_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+log = logging.getLogger("detrdistill")
+
+SHAPES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "cross",
+    "ellipse",
+    "pentagon",
+    "star",
+)
+CATEGORY_IDS: tuple[int, ...] = (1, 3, 7, 8, 12, 15, 20, 24)
+
+SPLITS: tuple[str, ...] = ("train", "val")
+
+# Bump whenever the generated content changes, so ensure_shapes() never reuses stale caches.
+FORMAT_VERSION = 1
+
+# Object sizes are drawn per COCO size bucket (sqrt(area) as a fraction of the image side,
+# 32/128 and 96/128 being COCO's small/medium/large limits), so every bucket is well populated.
+SIZE_BUCKETS: tuple[tuple[float, float, float], ...] = (
+    (0.40, 0.07, 0.25),
+    (0.35, 0.25, 0.75),
+    (0.25, 0.75, 0.92),
+)
+MIN_EXTENT_PX = 6.0
+MAX_IOU = 0.2
+MAX_COVER = 0.3
+PLACEMENT_TRIES = 30
+COLOR_CANDIDATES = 48
+MIN_COLOR_DISTANCE = 100.0
+CIRCLE_VERTICES = 64
+
+
+def _regular_polygon(count: int, radius: float, start_deg: float = -90.0) -> np.ndarray:
+    angles = np.deg2rad(start_deg + 360.0 * np.arange(count) / count)
+    return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+
+
+def _ellipse(rx: float, ry: float) -> np.ndarray:
+    angles = 2 * np.pi * np.arange(CIRCLE_VERTICES) / CIRCLE_VERTICES
+    return np.stack([rx * np.cos(angles), ry * np.sin(angles)], axis=1)
+
+
+def _star() -> np.ndarray:
+    outer = _regular_polygon(5, 0.5)
+    inner = _regular_polygon(5, 0.2, start_deg=-90.0 + 36.0)
+    return np.stack([outer, inner], axis=1).reshape(-1, 2)
+
+
+def _cross() -> np.ndarray:
+    a, b = 1 / 6, 0.5
+    return np.array(
+        [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a)]
+        + [(-b, -a), (-a, -a)]
+    )
+
+
+def _polygon_area(vertices: np.ndarray) -> float:
+    x, y = vertices[:, 0], vertices[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+# Unit-sized outlines centred on the origin, with their analytic areas (circles and ellipses are
+# drawn as fine polygons but their area is the true one).
+_OUTLINES: dict[str, np.ndarray] = {
+    "circle": _ellipse(0.5, 0.5),
+    "square": np.array([(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)]),
+    "triangle": _regular_polygon(3, 1 / math.sqrt(3)),
+    "diamond": np.array([(0.0, -0.5), (0.35, 0.0), (0.0, 0.5), (-0.35, 0.0)]),
+    "cross": _cross(),
+    "ellipse": _ellipse(0.5, 0.3),
+    "pentagon": _regular_polygon(5, 0.5),
+    "star": _star(),
+}
+_UNIT_AREAS: dict[str, float] = {name: _polygon_area(pts) for name, pts in _OUTLINES.items()}
+_UNIT_AREAS["circle"] = math.pi * 0.25
+_UNIT_AREAS["ellipse"] = math.pi * 0.5 * 0.3
+
+
+def _check_int(name: str, value: Any, low: int, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}; {fix}")
+
+
+def _validate(
+    num_train: int, num_val: int, image_size: int, seed: int, num_classes: int, max_objects: int
+) -> None:
+    _check_int("num_train", num_train, 0, "pass a non-negative image count (--train)")
+    _check_int("num_val", num_val, 0, "pass a non-negative image count (--val)")
+    _check_int("image_size", image_size, 32, "use an image side of at least 32 px (--image-size)")
+    _check_int("seed", seed, 0, "use a non-negative seed (--seed)")
+    _check_int("max_objects", max_objects, 1, "allow at least one object per image")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(
+            f"num_classes must be between 1 and {len(SHAPES)} (the available shapes), "
+            f"got {num_classes}; pick a value in that range (--classes)"
+        )
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Random base colour plus a linear gradient plus a few faint lines and blobs."""
+    base = rng.uniform(0, 255, 3)
+    delta = rng.uniform(-70, 70, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    coords = (np.arange(size) + 0.5) / size
+    t = coords[None, :] * math.cos(angle) + coords[:, None] * math.sin(angle)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6) - 0.5
+    bg = np.clip(base + t[:, :, None] * delta, 0, 255).round().astype(np.uint8)
+
+    image = Image.fromarray(bg)
+    draw = ImageDraw.Draw(image)
+
+    def faint(x: float, y: float, spread: int) -> tuple[int, int, int]:
+        local = bg[min(int(y), size - 1), min(int(x), size - 1)].astype(int)
+        offset = rng.integers(-spread, spread + 1, 3)
+        return tuple(int(v) for v in np.clip(local + offset, 0, 255))
+
+    for _ in range(int(rng.integers(0, 4))):
+        x0, y0 = rng.uniform(0, size, 2)
+        length, theta = rng.uniform(0.1, 0.3) * size, rng.uniform(0, 2 * np.pi)
+        x1, y1 = x0 + length * math.cos(theta), y0 + length * math.sin(theta)
+        colour = faint((x0 + x1) / 2 % size, (y0 + y1) / 2 % size, 15)
+        draw.line([(x0, y0), (x1, y1)], fill=colour, width=int(rng.integers(1, 3)))
+    for _ in range(int(rng.integers(0, 3))):
+        cx, cy = rng.uniform(0, size, 2)
+        rx, ry = rng.uniform(0.03, 0.12, 2) * size
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=faint(cx, cy, 10))
+    return np.array(image)
+
+
+def _box_overlaps(box: np.ndarray, placed: list[np.ndarray]) -> bool:
+    """True when `box` (x0, y0, x1, y1) overlaps a placed box more than the limits allow."""
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    for other in placed:
+        iw = min(box[2], other[2]) - max(box[0], other[0])
+        ih = min(box[3], other[3]) - max(box[1], other[1])
+        if iw <= 0 or ih <= 0:
+            continue
+        inter = iw * ih
+        other_area = (other[2] - other[0]) * (other[3] - other[1])
+        if inter / (area + other_area - inter) > MAX_IOU or inter / other_area > MAX_COVER:
+            return True
+    return False
+
+
+def _pick_colour(rng: np.random.Generator, region: np.ndarray) -> np.ndarray:
+    """A random colour far (in RGB) from every pixel already in `region`."""
+    # Quantise to 6 bits per channel so the distance check runs on a few hundred colours at most.
+    q = region.reshape(-1, 3).astype(np.int32) >> 2
+    packed = np.unique((q[:, 0] << 12) | (q[:, 1] << 6) | q[:, 2])
+    present = np.stack([packed >> 12, (packed >> 6) & 63, packed & 63], axis=1) * 4 + 2
+    candidates = rng.integers(0, 256, (COLOR_CANDIDATES, 3))
+    diff = candidates[:, None, :] - present[None, :, :]
+    nearest = np.sqrt((diff**2).sum(axis=2)).min(axis=1)
+    good = np.flatnonzero(nearest >= MIN_COLOR_DISTANCE)
+    return candidates[good[0] if good.size else int(nearest.argmax())]
+
+
+def _sample_size(rng: np.random.Generator, size: int) -> float:
+    weights = np.array([w for w, _, _ in SIZE_BUCKETS])
+    _, low, high = SIZE_BUCKETS[int(rng.choice(len(SIZE_BUCKETS), p=weights / weights.sum()))]
+    return size * math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+def _render_image(
+    rng: np.random.Generator, size: int, num_classes: int, max_objects: int
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """One noisy image and its objects (class index, pixel box, area, fill colour)."""
+    canvas = _background(rng, size)
+    count = int(rng.integers(1, max_objects + 1))
+    plans = []
+    for _ in range(count):
+        cls = int(rng.integers(0, num_classes))
+        side = _sample_size(rng, size) / math.sqrt(_UNIT_AREAS[SHAPES[cls]])
+        angle = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else 0.0
+        plans.append((side, cls, angle))
+    # Largest first: big objects only fit on an empty-ish canvas.
+    plans.sort(key=lambda plan: -plan[0])
+
+    objects: list[dict[str, Any]] = []
+    placed: list[np.ndarray] = []
+    for side, cls, angle in plans:
+        c, s = math.cos(angle), math.sin(angle)
+        pts = _OUTLINES[SHAPES[cls]] @ np.array([[c, s], [-s, c]]) * side
+        extent = pts.max(axis=0) - pts.min(axis=0)
+        # 1 px margin each side so the rasterised shape is never clipped by the image border.
+        scale = min(1.0, (size - 2) / extent.max())
+        scale = max(scale, MIN_EXTENT_PX / extent.max())
+        pts, extent = pts * scale, extent * scale
+        pts = pts - pts.min(axis=0)
+        for _ in range(PLACEMENT_TRIES):
+            offset = 1 + rng.uniform(0, 1, 2) * (size - 2 - extent)
+            box = np.concatenate([offset, offset + extent])
+            if not _box_overlaps(box, placed):
+                break
+        else:
+            continue
+        # PIL puts pixel centres on integer coordinates, COCO on half-integers.
+        shape_pts = pts + offset - 0.5
+        x0, y0 = np.floor(shape_pts.min(axis=0)).astype(int)
+        x1, y1 = np.ceil(shape_pts.max(axis=0)).astype(int) + 1
+        mask_image = Image.new("L", (int(x1 - x0), int(y1 - y0)), 0)
+        ImageDraw.Draw(mask_image).polygon(
+            [(float(x - x0), float(y - y0)) for x, y in shape_pts], fill=255
+        )
+        mask = np.asarray(mask_image) > 0
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            continue
+        pad = 3
+        region = canvas[max(y0 - pad, 0) : y1 + pad, max(x0 - pad, 0) : x1 + pad]
+        colour = _pick_colour(rng, region)
+        canvas[y0:y1, x0:x1][mask] = colour
+        bx0, by0 = x0 + int(cols[0]), y0 + int(rows[0])
+        bx1, by1 = x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1
+        placed.append(np.array([bx0, by0, bx1, by1], dtype=float))
+        objects.append(
+            {
+                "class_index": cls,
+                "bbox": [float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0)],
+                "area": round(_UNIT_AREAS[SHAPES[cls]] * (side * scale) ** 2, 3),
+                "color": [int(v) for v in colour],
+            }
+        )
+    if not objects:
+        raise RuntimeError("internal error: synthetic image ended up with no objects")
+    sigma = rng.uniform(1.5, 5.0)
+    noisy = canvas + rng.standard_normal(canvas.shape, dtype=np.float32) * sigma
+    return np.clip(noisy.round(), 0, 255).astype(np.uint8), objects
+
+
+def _write_split(
+    root: Path, split: str, count: int, params: dict[str, Any]
+) -> tuple[int, int]:
+    images_dir = root / split
+    images_dir.mkdir(parents=True)
+    images, annotations = [], []
+    size = params["image_size"]
+    split_key = SPLITS.index(split)
+    for index in range(count):
+        # One stream per image: a split's first N images do not depend on how many follow.
+        rng = np.random.default_rng(np.random.SeedSequence([params["seed"], split_key, index]))
+        pixels, objects = _render_image(rng, size, params["num_classes"], params["max_objects"])
+        file_name = f"{index:06d}.png"
+        Image.fromarray(pixels).save(images_dir / file_name, format="PNG")
+        image_id = index + 1
+        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        for obj in objects:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": CATEGORY_IDS[obj["class_index"]],
+                    "bbox": obj["bbox"],
+                    "area": obj["area"],
+                    "iscrowd": 0,
+                    "color": obj["color"],
+                }
+            )
+    categories = [
+        {"id": CATEGORY_IDS[i], "name": SHAPES[i], "supercategory": "shape"}
+        for i in range(params["num_classes"])
+    ]
+    dataset = {
+        "info": {
+            "description": f"synthetic shapes, {split} split",
+            "generator": "orchestrator.synth",
+            "version": FORMAT_VERSION,
+            "params": params,
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    ann_file = root / "annotations" / f"{split}.json"
+    ann_file.parent.mkdir(exist_ok=True)
+    ann_file.write_text(json.dumps(dataset, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+    return len(images), len(annotations)
+
+
+def generate_shapes(
+    out_dir: str | os.PathLike[str],
+    num_train: int = 64,
+    num_val: int = 16,
+    image_size: int = 128,
+    seed: int = 0,
+    num_classes: int = 3,
+    max_objects: int = 4,
+    force: bool = False,
+) -> Path:
+    """Write the shapes dataset (train/, val/, annotations/) to out_dir and return it, absolute.
+
+    Everything is written to a temporary sibling folder first and renamed into place, so
+    out_dir is either absent, the old content, or the complete new dataset.
+    """
+    _validate(num_train, num_val, image_size, seed, num_classes, max_objects)
+    out = Path(os.path.abspath(os.path.expanduser(out_dir)))
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"output folder {out} already exists and is not empty; "
+            "pass force=True (CLI: --force) to replace it"
+        )
+    params = {
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": image_size,
+        "seed": seed,
+        "num_classes": num_classes,
+        "max_objects": max_objects,
+    }
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        counts = {split: _write_split(tmp, split, n, params) for split, n in zip(SPLITS, (num_train, num_val))}
+        if force and out.exists():
+            if out.is_dir():
+                shutil.rmtree(out)
+            else:
+                out.unlink()
+        try:
+            os.rename(tmp, out)
+        except OSError as err:
+            # Lost a race: someone else put a non-empty folder there after our first check.
+            raise FileExistsError(
+                f"output folder {out} appeared while generating; "
+                "pass force=True (CLI: --force) to replace it"
+            ) from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "wrote shapes dataset %s: train %d images / %d objects, val %d images / %d objects "
+        "in %.2fs",
+        out,
+        *counts["train"],
+        *counts["val"],
+        time.perf_counter() - start,
+    )
+    return out
+
+
+def _is_complete(root: Path) -> bool:
+    return all(split_paths(root, split)[1].is_file() for split in SPLITS)
+
+
+def ensure_shapes(cache_dir: str | os.PathLike[str], **params: Any) -> Path:
+    """Folder under cache_dir holding the dataset for `params`, generated on first use.
+
+    `params` are generate_shapes' keyword arguments (defaults filled in, out_dir and force not
+    allowed). The folder is named after a hash of the full parameter set, so different params
+    never collide. Concurrent callers are safe: the loser of a generation race uses the winner's
+    folder.
+    """
+    signature = inspect.signature(generate_shapes)
+    allowed = [name for name in signature.parameters if name not in ("out_dir", "force")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise TypeError(f"ensure_shapes: unknown parameter(s) {unknown}; allowed: {allowed}")
+    full = {name: params.get(name, signature.parameters[name].default) for name in allowed}
+    _validate(**{k: full[k] for k in allowed if k not in ("num_train", "num_val")},
+              num_train=full["num_train"], num_val=full["num_val"])
+    key = json.dumps({**full, "format_version": FORMAT_VERSION}, sort_keys=True)
+    folder = Path(os.path.abspath(os.path.expanduser(cache_dir)))
+    folder = folder / f"shapes-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if _is_complete(folder):
+        return folder
+    # A folder without annotations was not written by us (our renames are atomic): replace it.
+    stale = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    try:
+        return generate_shapes(folder, force=stale, **full)
+    except FileExistsError:
+        if _is_complete(folder):
+            return folder
+        raise
+
+
+def split_paths(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
+    """(images_dir, annotations_file) of split 'train' or 'val' under a generate_shapes root."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    base = Path(os.path.abspath(os.path.expanduser(root)))
+    return base / split, base / "annotations" / f"{split}.json"
+
+
+with contextlib.suppress(Exception):  # pragma: no cover - sanity check of the tables above
+    assert len(SHAPES) == len(CATEGORY_IDS) == len(set(CATEGORY_IDS))
