@@ -75,6 +75,8 @@ class CocoEvaluator:
         ``scores`` ([N]) and ``labels`` ([N] contiguous ints). An image id already seen is
         ignored: DistributedSampler pads the last batch by repeating samples.
         """
+        # Validate the whole batch before keeping any of it, so a bad batch leaves no trace.
+        staged: dict[int, list[dict[str, Any]]] = {}
         for pred in predictions:
             missing = [k for k in _REQUIRED_KEYS if k not in pred]
             if missing:
@@ -82,9 +84,10 @@ class CocoEvaluator:
             image_id = _as_image_id(pred["image_id"])
             if image_id not in self.coco_gt.imgs:
                 raise ValueError(f"image_id {image_id} is not in the ground-truth annotations")
-            if image_id in self._per_image:
+            if image_id in self._per_image or image_id in staged:
                 continue
-            self._per_image[image_id] = self._to_records(image_id, pred)
+            staged[image_id] = self._to_records(image_id, pred)
+        self._per_image.update(staged)
 
     def _to_records(self, image_id: int, pred: dict) -> list[dict[str, Any]]:
         boxes = torch.as_tensor(pred["boxes"]).detach().cpu()
@@ -144,9 +147,7 @@ class CocoEvaluator:
     def _sorted(per_image: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         records = [r for recs in per_image.values() for r in recs]
         # Score ties are broken by category and box so the order never depends on arrival order.
-        records.sort(
-            key=lambda r: (r["image_id"], -r["score"], r["category_id"], tuple(r["bbox"]))
-        )
+        records.sort(key=lambda r: (r["image_id"], -r["score"], r["category_id"], tuple(r["bbox"])))
         return records
 
     def results(self) -> list[dict]:
@@ -219,7 +220,9 @@ def format_metrics_table(metrics: dict[str, float], title: str = "COCO box evalu
     Values use 3 decimals; negative values (pycocotools' -1, no ground truth in that area
     range) and NaN are shown as ``n/a``. Metrics outside METRIC_NAMES follow, undescribed.
     """
-    names = [n for n in METRIC_NAMES if n in metrics] + [n for n in metrics if n not in _DESCRIPTIONS]
+    names = [n for n in METRIC_NAMES if n in metrics] + [
+        n for n in metrics if n not in _DESCRIPTIONS
+    ]
     name_width = max([len("metric"), *(len(n) for n in names)])
     lines = [title, f"{'metric':<{name_width}}  {'value':>5}  description"]
     lines.append(f"{'-' * name_width}  {'-' * 5}  {'-' * 11}")

@@ -7,7 +7,6 @@ deliberately non-contiguous, as in COCO, to catch code that assumes ``label == c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
@@ -25,17 +24,8 @@ from PIL import Image, ImageDraw
 
 log = logging.getLogger("detrdistill")
 
-SHAPES: tuple[str, ...] = (
-    "circle",
-    "square",
-    "triangle",
-    "diamond",
-    "cross",
-    "ellipse",
-    "pentagon",
-    "star",
-)
-CATEGORY_IDS: tuple[int, ...] = (1, 3, 7, 8, 12, 15, 20, 24)
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ellipse", "pentagon", "star")
+CATEGORY_IDS = (1, 3, 7, 8, 12, 15, 20, 24)
 
 SPLITS: tuple[str, ...] = ("train", "val")
 
@@ -44,11 +34,8 @@ FORMAT_VERSION = 1
 
 # Object sizes are drawn per COCO size bucket (sqrt(area) as a fraction of the image side,
 # 32/128 and 96/128 being COCO's small/medium/large limits), so every bucket is well populated.
-SIZE_BUCKETS: tuple[tuple[float, float, float], ...] = (
-    (0.40, 0.07, 0.25),
-    (0.35, 0.25, 0.75),
-    (0.25, 0.75, 0.92),
-)
+# Each row: (probability, low, high).
+SIZE_BUCKETS = ((0.40, 0.07, 0.25), (0.35, 0.25, 0.75), (0.25, 0.75, 0.92))
 MIN_EXTENT_PX = 6.0
 MAX_IOU = 0.2
 MAX_COVER = 0.3
@@ -74,12 +61,13 @@ def _star() -> np.ndarray:
     return np.stack([outer, inner], axis=1).reshape(-1, 2)
 
 
+_QUARTER_TURNS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
 def _cross() -> np.ndarray:
     a, b = 1 / 6, 0.5
-    return np.array(
-        [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a)]
-        + [(-b, -a), (-a, -a)]
-    )
+    quarter = [(-a, -b), (a, -b), (a, -a)]  # one arm's corners, then rotate by 90 degrees
+    return np.array([(c * x - s * y, s * x + c * y) for c, s in _QUARTER_TURNS for x, y in quarter])
 
 
 def _polygon_area(vertices: np.ndarray) -> float:
@@ -140,7 +128,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     draw = ImageDraw.Draw(image)
 
     def faint(x: float, y: float, spread: int) -> tuple[int, int, int]:
-        local = bg[min(int(y), size - 1), min(int(x), size - 1)].astype(int)
+        local = bg[int(np.clip(y, 0, size - 1)), int(np.clip(x, 0, size - 1))].astype(int)
         offset = rng.integers(-spread, spread + 1, 3)
         return tuple(int(v) for v in np.clip(local + offset, 0, 255))
 
@@ -148,7 +136,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         x0, y0 = rng.uniform(0, size, 2)
         length, theta = rng.uniform(0.1, 0.3) * size, rng.uniform(0, 2 * np.pi)
         x1, y1 = x0 + length * math.cos(theta), y0 + length * math.sin(theta)
-        colour = faint((x0 + x1) / 2 % size, (y0 + y1) / 2 % size, 15)
+        colour = faint((x0 + x1) / 2, (y0 + y1) / 2, 15)
         draw.line([(x0, y0), (x1, y1)], fill=colour, width=int(rng.integers(1, 3)))
     for _ in range(int(rng.integers(0, 3))):
         cx, cy = rng.uniform(0, size, 2)
@@ -258,9 +246,7 @@ def _render_image(
     return np.clip(noisy.round(), 0, 255).astype(np.uint8), objects
 
 
-def _write_split(
-    root: Path, split: str, count: int, params: dict[str, Any]
-) -> tuple[int, int]:
+def _write_split(root: Path, split: str, count: int, params: dict[str, Any]) -> tuple[int, int]:
     images_dir = root / split
     images_dir.mkdir(parents=True)
     images, annotations = [], []
@@ -271,7 +257,7 @@ def _write_split(
         rng = np.random.default_rng(np.random.SeedSequence([params["seed"], split_key, index]))
         pixels, objects = _render_image(rng, size, params["num_classes"], params["max_objects"])
         file_name = f"{index:06d}.png"
-        Image.fromarray(pixels).save(images_dir / file_name, format="PNG")
+        Image.fromarray(pixels).save(images_dir / file_name, format="PNG", compress_level=1)
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         for obj in objects:
@@ -342,7 +328,11 @@ def generate_shapes(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        counts = {split: _write_split(tmp, split, n, params) for split, n in zip(SPLITS, (num_train, num_val))}
+        tmp.chmod(0o755)  # mkdtemp's private 0700 would otherwise stick to the final folder
+        counts = {
+            split: _write_split(tmp, split, n, params)
+            for split, n in zip(SPLITS, (num_train, num_val), strict=True)
+        }
         if force and out.exists():
             if out.is_dir():
                 shutil.rmtree(out)
@@ -359,14 +349,9 @@ def generate_shapes(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info(
-        "wrote shapes dataset %s: train %d images / %d objects, val %d images / %d objects "
-        "in %.2fs",
-        out,
-        *counts["train"],
-        *counts["val"],
-        time.perf_counter() - start,
-    )
+    seconds = time.perf_counter() - start
+    summary = ", ".join(f"{k} {n} images / {m} objects" for k, (n, m) in counts.items())
+    log.info("wrote shapes dataset %s: %s in %.2fs", out, summary, seconds)
     return out
 
 
@@ -388,8 +373,7 @@ def ensure_shapes(cache_dir: str | os.PathLike[str], **params: Any) -> Path:
     if unknown:
         raise TypeError(f"ensure_shapes: unknown parameter(s) {unknown}; allowed: {allowed}")
     full = {name: params.get(name, signature.parameters[name].default) for name in allowed}
-    _validate(**{k: full[k] for k in allowed if k not in ("num_train", "num_val")},
-              num_train=full["num_train"], num_val=full["num_val"])
+    _validate(**full)
     key = json.dumps({**full, "format_version": FORMAT_VERSION}, sort_keys=True)
     folder = Path(os.path.abspath(os.path.expanduser(cache_dir)))
     folder = folder / f"shapes-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -411,7 +395,3 @@ def split_paths(root: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     base = Path(os.path.abspath(os.path.expanduser(root)))
     return base / split, base / "annotations" / f"{split}.json"
-
-
-with contextlib.suppress(Exception):  # pragma: no cover - sanity check of the tables above
-    assert len(SHAPES) == len(CATEGORY_IDS) == len(set(CATEGORY_IDS))

@@ -1,0 +1,80 @@
+"""Multi-head attention on batch-first tensors where queries/keys may be wider than values.
+
+Conditional DETR and DAB-DETR concatenate a content part and a spatial part per head, so the
+query/key width is twice the value width; projections are done by the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_mask(
+    key_padding_mask: torch.Tensor | None, attn_mask: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Combine key padding [B,Lk] and a blocking mask [Lq,Lk] (both True = blocked) into the
+    boolean "may attend" mask [B,1,Lq,Lk] (or [1,1,Lq,Lk]) that SDPA expects."""
+    allowed = None
+    if key_padding_mask is not None:
+        allowed = ~key_padding_mask[:, None, None, :]  # [B,1,1,Lk]
+    if attn_mask is not None:
+        block = ~attn_mask[None, None]  # [1,1,Lq,Lk]
+        allowed = block if allowed is None else allowed & block
+    return allowed
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over pre-projected q, k, v, with an output projection."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden dim {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """q [B,Lq,Dqk], k [B,Lk,Dqk], v [B,Lk,D] -> [B,Lq,D]; Dqk may differ from D."""
+        b, lq, _ = q.shape
+        h = self.num_heads
+        q = q.view(b, lq, h, -1).transpose(1, 2)  # [B,h,Lq,dqk]
+        k = k.view(b, k.shape[1], h, -1).transpose(1, 2)  # [B,h,Lk,dqk]
+        v = v.view(b, v.shape[1], h, -1).transpose(1, 2)  # [B,h,Lk,dv]
+        mask = attention_mask(key_padding_mask, attn_mask)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # [B,h,Lq,dv]
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, -1))
+
+
+class SelfAttention(nn.Module):
+    """Standard attention block: q = k = x + pos, v = x (DETR's encoder and decoder)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.attn = MultiHeadAttention(dim, num_heads, dropout)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.attn(
+            self.q_proj(query), self.k_proj(key), self.v_proj(value), key_padding_mask, attn_mask
+        )

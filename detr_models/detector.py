@@ -1,0 +1,170 @@
+"""The detector shared by every architecture: backbone -> input projections -> encoder ->
+decoder -> heads. Architectures differ only in the decoder they bring and in what their
+learned queries are (positional embeddings or anchor boxes)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from detr_models.backbone import downsample_mask
+from detr_models.box_ops import inverse_sigmoid
+from detr_models.output import DetrOutput, QueryGroup, StageOutputs
+from detr_models.position import PositionEmbeddingSine
+
+
+def block_diagonal_mask(sizes: list[int], device: torch.device) -> torch.Tensor:
+    """[Q,Q] self-attention mask, True where query sets may not see each other."""
+    total = sum(sizes)
+    mask = torch.ones((total, total), dtype=torch.bool, device=device)
+    start = 0
+    for size in sizes:
+        mask[start : start + size, start : start + size] = False
+        start += size
+    return mask
+
+
+class Detector(nn.Module):
+    """A DETR-family detector returning a `DetrOutput` in every mode.
+
+    `query_kind` is "position" (a learned positional embedding per query, content starts at
+    zero: DETR, Conditional DETR) or "anchor" (a learned box per query: DAB-DETR).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        query_kind: str,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = encoder
+        self.decoder = decoder
+        self.num_classes = num_classes
+        self.hidden_dim = hidden_dim
+        self.num_queries = num_queries
+        self.query_kind = query_kind
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, hidden_dim, 1), nn.GroupNorm(min(32, hidden_dim), hidden_dim))
+            for c in backbone.channels
+        )
+        num_levels = len(backbone.channels)
+        self.level_embed = nn.Parameter(torch.zeros(num_levels, hidden_dim)) if num_levels > 1 else None
+        self.position = PositionEmbeddingSine(hidden_dim // 2)
+        self.class_head = nn.Linear(hidden_dim, num_classes)
+        position_dim = 4 if query_kind == "anchor" else hidden_dim
+        self.query_position = nn.Embedding(num_queries, position_dim)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        # focal-loss prior: every class starts at probability 0.01
+        nn.init.constant_(self.class_head.bias, -math.log((1 - 0.01) / 0.01))
+        if self.level_embed is not None:
+            nn.init.normal_(self.level_embed)
+        if self.query_kind == "anchor":
+            with torch.no_grad():
+                xy = torch.rand(self.num_queries, 2)
+                wh = torch.full((self.num_queries, 2), 0.2)
+                self.query_position.weight.copy_(inverse_sigmoid(torch.cat((xy, wh), dim=-1)))
+
+    def main_queries(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(content [B,Q,D], position [B,Q,P]) of the model's own queries."""
+        position = self.query_position.weight
+        if self.query_kind == "anchor":
+            position = position.sigmoid()
+        position = position.unsqueeze(0).expand(batch_size, -1, -1)
+        content = position.new_zeros(batch_size, self.num_queries, self.hidden_dim)
+        return content, position
+
+    def encode(self, images: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
+        """Backbone, projections and encoder: features per level and the flattened memory."""
+        features, masks, srcs, poss = [], [], [], []
+        for level, (feat, proj) in enumerate(zip(self.backbone(images), self.input_proj, strict=True)):
+            feature = proj(feat)  # [B,D,H,W]
+            mask = downsample_mask(pixel_mask, feature.shape[-2:])  # [B,H,W]
+            pos = self.position(mask).to(feature.dtype)  # [B,D,H,W]
+            features.append(feature)
+            masks.append(mask)
+            srcs.append(feature.flatten(2).transpose(1, 2))  # [B,HW,D]
+            pos = pos.flatten(2).transpose(1, 2)
+            if self.level_embed is not None:
+                pos = pos + self.level_embed[level]
+            poss.append(pos)
+        shapes = torch.tensor([f.shape[-2:] for f in features], dtype=torch.long, device=images.device)
+        src, pos = torch.cat(srcs, 1), torch.cat(poss, 1)  # [B,S,D]
+        memory_mask = torch.cat([m.flatten(1) for m in masks], 1)  # [B,S]
+        memory = self.encoder(src, pos, memory_mask, shapes)
+        return {
+            "features": features, "feature_masks": masks, "memory": memory, "memory_pos": pos,
+            "memory_mask": memory_mask, "spatial_shapes": shapes,
+        }
+
+    def _group_queries(self, group: QueryGroup, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        content, position = group.content, group.position
+        expected = self.query_position.embedding_dim
+        if position.shape[-1] != expected or content.shape[-1] != self.hidden_dim:
+            kind = "anchor boxes (cxcywh)" if self.query_kind == "anchor" else "positional embeddings"
+            raise ValueError(
+                f"query group {group.name!r}: this model takes content [...,{self.hidden_dim}] and "
+                f"{kind} [...,{expected}], got {list(content.shape)} and {list(position.shape)}"
+            )
+        if content.dim() == 2:
+            content = content.unsqueeze(0).expand(batch_size, -1, -1)
+        if position.dim() == 2:
+            position = position.unsqueeze(0).expand(batch_size, -1, -1)
+        return content, position
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        query_groups: list[QueryGroup] | None = None,
+    ) -> DetrOutput:
+        """images [B,3,H,W], pixel_mask [B,H,W] True on padding -> DetrOutput (same in train/eval)."""
+        batch_size = images.shape[0]
+        if pixel_mask is None:
+            pixel_mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
+        enc = self.encode(images, pixel_mask)
+        sets = [("", *self.main_queries(batch_size))]
+        sets += [(g.name, *self._group_queries(g, batch_size)) for g in query_groups or []]
+        names = [name for name, _, _ in sets]
+        if len(set(names)) != len(names) or "" in names[1:]:
+            raise ValueError(f"query group names must be unique and non-empty, got {names[1:]}")
+        sizes = [content.shape[1] for _, content, _ in sets]
+        content = torch.cat([c for _, c, _ in sets], 1)  # [B,Qtot,D]
+        position = torch.cat([p for _, _, p in sets], 1)  # [B,Qtot,P]
+        attn_mask = block_diagonal_mask(sizes, images.device) if len(sets) > 1 else None
+        dec = self.decoder(
+            content, position, enc["memory"], enc["memory_pos"], enc["memory_mask"], attn_mask,
+            enc["spatial_shapes"],
+        )
+        logits = self.class_head(dec.hidden)  # [L,B,Qtot,C]
+        outputs = []
+        start = 0
+        for size in sizes:
+            part = slice(start, start + size)
+            refs = dec.references[:, :, part] if dec.references is not None else None
+            outputs.append(
+                StageOutputs(
+                    logits[:, :, part], dec.boxes[:, :, part], dec.hidden[:, :, part], refs,
+                    content[:, part], position[:, part],
+                )
+            )
+            start += size
+        main = outputs[0]
+        return DetrOutput(
+            **vars(main),
+            features=enc["features"],
+            feature_masks=enc["feature_masks"],
+            memory=enc["memory"],
+            memory_mask=enc["memory_mask"],
+            spatial_shapes=enc["spatial_shapes"],
+            groups=dict(zip(names[1:], outputs[1:], strict=True)),
+        )
