@@ -28,7 +28,9 @@ RESNET_CHANNELS = {
 def _check_levels(levels: Sequence[str]) -> list[str]:
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels:
-        raise ValueError(f"backbone levels must be a non-empty subset of {LEVELS}, got {list(levels)}")
+        raise ValueError(
+            f"backbone levels must be a non-empty subset of {LEVELS}, got {list(levels)}"
+        )
     return sorted(levels, key=LEVELS.index)
 
 
@@ -80,7 +82,9 @@ def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"backbone weights file {path} is not a readable torch state dict: {err}") from None
+        raise ValueError(
+            f"backbone weights file {path} is not a readable torch state dict: {err}"
+        ) from None
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
@@ -119,13 +123,21 @@ class TinyBackbone(nn.Module):
 def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     groups = min(8, c_out)
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.GroupNorm(groups, c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.GroupNorm(groups, c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+        nn.GroupNorm(groups, c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+        nn.GroupNorm(groups, c_out),
+        nn.ReLU(inplace=True),
     )
 
 
 def build_backbone(
-    name: str, levels: Sequence[str], frozen_stages: int = 1, weights: str | Path | None = None, width: int = 32
+    name: str,
+    levels: Sequence[str],
+    frozen_stages: int = 1,
+    weights: str | Path | None = None,
+    width: int = 32,
 ) -> nn.Module:
     """`tiny` or one of the torchvision ResNets."""
     if name == "tiny":

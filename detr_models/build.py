@@ -50,9 +50,17 @@ class ModelConfig:
 def tiny_config(architecture: str = "detr", num_classes: int = 3, **overrides: Any) -> ModelConfig:
     """A few-hundred-thousand-parameter model for tests and CPU demos."""
     config = ModelConfig(
-        architecture=architecture, num_classes=num_classes, backbone="tiny", tiny_width=16,
-        hidden_dim=64, num_heads=4, encoder_layers=1, decoder_layers=2, ffn_dim=128,
-        num_queries=16, dropout=0.0,
+        architecture=architecture,
+        num_classes=num_classes,
+        backbone="tiny",
+        tiny_width=16,
+        hidden_dim=64,
+        num_heads=4,
+        encoder_layers=1,
+        decoder_layers=2,
+        ffn_dim=128,
+        num_queries=16,
+        dropout=0.0,
     )
     return ModelConfig.from_dict({**config.to_dict(), **overrides})
 
@@ -66,12 +74,21 @@ def _box_head(c: ModelConfig, zero_last: bool) -> MLP:
 
 
 def _assemble(c: ModelConfig, decoder_cls: type, query_kind: str, zero_box_head: bool) -> Detector:
-    backbone = build_backbone(c.backbone, c.levels, c.frozen_stages, c.backbone_weights, c.tiny_width)
+    backbone = build_backbone(
+        c.backbone, c.levels, c.frozen_stages, c.backbone_weights, c.tiny_width
+    )
     encoder = TransformerEncoder(c.hidden_dim, c.num_heads, c.ffn_dim, c.encoder_layers, c.dropout)
     decoder = decoder_cls(
-        c.hidden_dim, c.num_heads, c.ffn_dim, c.decoder_layers, c.dropout, _box_head(c, zero_box_head)
+        c.hidden_dim,
+        c.num_heads,
+        c.ffn_dim,
+        c.decoder_layers,
+        c.dropout,
+        _box_head(c, zero_box_head),
     )
-    return Detector(backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries, query_kind)
+    return Detector(
+        backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries, query_kind
+    )
 
 
 def build_detr(c: ModelConfig) -> Detector:
@@ -101,7 +118,9 @@ def build_model(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_dict(config)
     if config.architecture not in BUILDERS:
-        raise ValueError(f"unknown architecture {config.architecture!r}; choose one of {sorted(BUILDERS)}")
+        raise ValueError(
+            f"unknown architecture {config.architecture!r}; choose one of {sorted(BUILDERS)}"
+        )
     if config.hidden_dim % config.num_heads or config.hidden_dim % 4:
         raise ValueError(
             f"hidden_dim {config.hidden_dim} must be divisible by num_heads {config.num_heads} and by 4"

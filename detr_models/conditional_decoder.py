@@ -29,7 +29,9 @@ class ConditionalDecoderLayer(nn.Module):
     Only the first layer also adds the positional query to the content query.
     """
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, is_first: bool) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, is_first: bool
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.is_first = is_first
@@ -73,7 +75,9 @@ class ConditionalDecoderLayer(nn.Module):
         return self.ffn(self.cross_out(tgt, attended))
 
 
-def _layers(dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float) -> nn.ModuleList:
+def _layers(
+    dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float
+) -> nn.ModuleList:
     return nn.ModuleList(
         ConditionalDecoderLayer(dim, num_heads, ffn_dim, dropout, is_first=i == 0)
         for i in range(num_layers)
@@ -85,7 +89,13 @@ class ConditionalDecoder(nn.Module):
     box head predicts offsets relative to that point. position [B,Q,D]."""
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float, box_head: nn.Module
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        num_layers: int,
+        dropout: float,
+        box_head: nn.Module,
     ) -> None:
         super().__init__()
         self.layers = _layers(dim, num_heads, ffn_dim, num_layers, dropout)
@@ -112,7 +122,9 @@ class ConditionalDecoder(nn.Module):
         hidden = []
         for i, layer in enumerate(self.layers):
             scale = 1.0 if i == 0 else self.query_scale(out)
-            out = layer(out, position, sine * scale, memory, memory_pos, memory_mask, self_attn_mask)
+            out = layer(
+                out, position, sine * scale, memory, memory_pos, memory_mask, self_attn_mask
+            )
             hidden.append(self.norm(out))
         stacked = torch.stack(hidden)  # [L,B,Q,D]
         offsets = self.box_head(stacked)  # [L,B,Q,4]
@@ -128,7 +140,13 @@ class DabDecoder(nn.Module):
     modulated by the anchor's width and height. position [B,Q,4] normalised cxcywh."""
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float, box_head: nn.Module
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        num_layers: int,
+        dropout: float,
+        box_head: nn.Module,
     ) -> None:
         super().__init__()
         self.layers = _layers(dim, num_heads, ffn_dim, num_layers, dropout)

@@ -50,7 +50,10 @@ def one_hot_targets(
     batch_idx, query_idx = _flat_query_index(indices, logits.device)
     if batch_idx.numel():
         labels = torch.cat(
-            [t["labels"][tgt.to(t["labels"].device)] for t, (_, tgt) in zip(targets, indices)]
+            [
+                t["labels"][tgt.to(t["labels"].device)]
+                for t, (_, tgt) in zip(targets, indices, strict=True)
+            ]
         ).to(logits.device)  # [N]
         out[batch_idx, query_idx, labels.long()] = 1.0
     return out
@@ -124,9 +127,7 @@ class SetCriterion(nn.Module):
         stage_weights = self._stage_weights(num_stages)
         fixed = _per_stage_indices(indices, num_stages, batch)
         soft = _per_stage_class_targets(class_targets, logits.shape)
-        norm = (
-            float(num_boxes) if num_boxes is not None else _count_boxes(targets, logits.device)
-        )
+        norm = float(num_boxes) if num_boxes is not None else _count_boxes(targets, logits.device)
 
         losses: dict[str, torch.Tensor] = {}
         used: list[list[Assignment]] = []
@@ -159,13 +160,16 @@ class SetCriterion(nn.Module):
         boxes = boxes.float()  # [B, Q, 4]
         if class_targets is None:
             class_targets = one_hot_targets(logits, targets, indices)  # [B, Q, C]
-        cls = sigmoid_focal_loss(
-            logits,
-            class_targets.to(logits),
-            alpha=self.focal_alpha,
-            gamma=self.focal_gamma,
-            reduction="none",
-        ).sum() / norm
+        cls = (
+            sigmoid_focal_loss(
+                logits,
+                class_targets.to(logits),
+                alpha=self.focal_alpha,
+                gamma=self.focal_gamma,
+                reduction="none",
+            ).sum()
+            / norm
+        )
 
         batch_idx, query_idx = _flat_query_index(indices, boxes.device)
         if batch_idx.numel() == 0:
@@ -175,7 +179,10 @@ class SetCriterion(nn.Module):
             return cls, zero, zero.clone()
         src = boxes[batch_idx, query_idx]  # [N, 4]
         tgt = torch.cat(
-            [t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]
+            [
+                t["boxes"][j.to(t["boxes"].device)]
+                for t, (_, j) in zip(targets, indices, strict=True)
+            ]
         ).to(src)  # [N, 4]
         l1 = F.l1_loss(src, tgt, reduction="sum") / norm
         giou = (

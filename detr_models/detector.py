@@ -52,11 +52,15 @@ class Detector(nn.Module):
         self.num_queries = num_queries
         self.query_kind = query_kind
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, hidden_dim, 1), nn.GroupNorm(min(32, hidden_dim), hidden_dim))
+            nn.Sequential(
+                nn.Conv2d(c, hidden_dim, 1), nn.GroupNorm(min(32, hidden_dim), hidden_dim)
+            )
             for c in backbone.channels
         )
         num_levels = len(backbone.channels)
-        self.level_embed = nn.Parameter(torch.zeros(num_levels, hidden_dim)) if num_levels > 1 else None
+        self.level_embed = (
+            nn.Parameter(torch.zeros(num_levels, hidden_dim)) if num_levels > 1 else None
+        )
         self.position = PositionEmbeddingSine(hidden_dim // 2)
         self.class_head = nn.Linear(hidden_dim, num_classes)
         position_dim = 4 if query_kind == "anchor" else hidden_dim
@@ -86,7 +90,9 @@ class Detector(nn.Module):
     def encode(self, images: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
         """Backbone, projections and encoder: features per level and the flattened memory."""
         features, masks, srcs, poss = [], [], [], []
-        for level, (feat, proj) in enumerate(zip(self.backbone(images), self.input_proj, strict=True)):
+        for level, (feat, proj) in enumerate(
+            zip(self.backbone(images), self.input_proj, strict=True)
+        ):
             feature = proj(feat)  # [B,D,H,W]
             mask = downsample_mask(pixel_mask, feature.shape[-2:])  # [B,H,W]
             pos = self.position(mask).to(feature.dtype)  # [B,D,H,W]
@@ -97,20 +103,30 @@ class Detector(nn.Module):
             if self.level_embed is not None:
                 pos = pos + self.level_embed[level]
             poss.append(pos)
-        shapes = torch.tensor([f.shape[-2:] for f in features], dtype=torch.long, device=images.device)
+        shapes = torch.tensor(
+            [f.shape[-2:] for f in features], dtype=torch.long, device=images.device
+        )
         src, pos = torch.cat(srcs, 1), torch.cat(poss, 1)  # [B,S,D]
         memory_mask = torch.cat([m.flatten(1) for m in masks], 1)  # [B,S]
         memory = self.encoder(src, pos, memory_mask, shapes)
         return {
-            "features": features, "feature_masks": masks, "memory": memory, "memory_pos": pos,
-            "memory_mask": memory_mask, "spatial_shapes": shapes,
+            "features": features,
+            "feature_masks": masks,
+            "memory": memory,
+            "memory_pos": pos,
+            "memory_mask": memory_mask,
+            "spatial_shapes": shapes,
         }
 
-    def _group_queries(self, group: QueryGroup, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _group_queries(
+        self, group: QueryGroup, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         content, position = group.content, group.position
         expected = self.query_position.embedding_dim
         if position.shape[-1] != expected or content.shape[-1] != self.hidden_dim:
-            kind = "anchor boxes (cxcywh)" if self.query_kind == "anchor" else "positional embeddings"
+            kind = (
+                "anchor boxes (cxcywh)" if self.query_kind == "anchor" else "positional embeddings"
+            )
             raise ValueError(
                 f"query group {group.name!r}: this model takes content [...,{self.hidden_dim}] and "
                 f"{kind} [...,{expected}], got {list(content.shape)} and {list(position.shape)}"
@@ -130,7 +146,9 @@ class Detector(nn.Module):
         """images [B,3,H,W], pixel_mask [B,H,W] True on padding -> DetrOutput (same in train/eval)."""
         batch_size = images.shape[0]
         if pixel_mask is None:
-            pixel_mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
+            pixel_mask = torch.zeros(
+                images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device
+            )
         enc = self.encode(images, pixel_mask)
         sets = [("", *self.main_queries(batch_size))]
         sets += [(g.name, *self._group_queries(g, batch_size)) for g in query_groups or []]
@@ -142,7 +160,12 @@ class Detector(nn.Module):
         position = torch.cat([p for _, _, p in sets], 1)  # [B,Qtot,P]
         attn_mask = block_diagonal_mask(sizes, images.device) if len(sets) > 1 else None
         dec = self.decoder(
-            content, position, enc["memory"], enc["memory_pos"], enc["memory_mask"], attn_mask,
+            content,
+            position,
+            enc["memory"],
+            enc["memory_pos"],
+            enc["memory_mask"],
+            attn_mask,
             enc["spatial_shapes"],
         )
         logits = self.class_head(dec.hidden)  # [L,B,Qtot,C]
@@ -153,8 +176,12 @@ class Detector(nn.Module):
             refs = dec.references[:, :, part] if dec.references is not None else None
             outputs.append(
                 StageOutputs(
-                    logits[:, :, part], dec.boxes[:, :, part], dec.hidden[:, :, part], refs,
-                    content[:, part], position[:, part],
+                    logits[:, :, part],
+                    dec.boxes[:, :, part],
+                    dec.hidden[:, :, part],
+                    refs,
+                    content[:, part],
+                    position[:, part],
                 )
             )
             start += size

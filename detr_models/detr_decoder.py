@@ -53,7 +53,13 @@ class DetrDecoder(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float, box_head: nn.Module
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        num_layers: int,
+        dropout: float,
+        box_head: nn.Module,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(

@@ -18,7 +18,9 @@ class EncoderLayer(nn.Module):
         self.attn_out = ResidualNorm(dim, dropout)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor
+    ) -> torch.Tensor:
         q = src + pos
         src = self.attn_out(src, self.self_attn(q, q, src, key_padding_mask=padding_mask))
         return self.ffn(src)
@@ -27,7 +29,9 @@ class EncoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """A stack of encoder layers; src/pos [B,S,D], padding_mask [B,S] -> memory [B,S,D]."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             EncoderLayer(dim, num_heads, ffn_dim, dropout) for _ in range(num_layers)

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 
-def sine_encode(coords: torch.Tensor, dim_per_coord: int, temperature: float = 10000.0) -> torch.Tensor:
+def sine_encode(
+    coords: torch.Tensor, dim_per_coord: int, temperature: float = 10000.0
+) -> torch.Tensor:
     """Encode each coordinate in [0, 1] with `dim_per_coord` sines and cosines.
 
     coords [..., k] -> [..., k * dim_per_coord], coordinate blocks in input order.
@@ -22,7 +24,9 @@ def sine_encode(coords: torch.Tensor, dim_per_coord: int, temperature: float = 1
     freq = torch.arange(dim_per_coord, dtype=torch.float32, device=coords.device)
     freq = temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / dim_per_coord)  # [d]
     angles = coords.float()[..., None] * (2 * math.pi) / freq  # [..., k, d]
-    encoded = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1)  # [..., k, d/2, 2]
+    encoded = torch.stack(
+        (angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1
+    )  # [..., k, d/2, 2]
     return encoded.flatten(-3).to(coords.dtype)  # [..., k*d]
 
 

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=_positive, default=128, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--classes", type=_positive, default=3, help="number of shape classes")
-    synth.add_argument("--max-objects", type=_positive, default=4, help="objects per image, at most")
+    synth.add_argument(
+        "--max-objects", type=_positive, default=4, help="objects per image, at most"
+    )
     synth.add_argument("--force", action="store_true", help="replace an existing output folder")
     synth.set_defaults(handler=_run_synth)
 

@@ -42,7 +42,9 @@ def load_coco_json(annotations_file: str | Path) -> dict[str, Any]:
             "fix or regenerate the file"
         ) from None
     if not isinstance(data, dict):
-        raise DatasetError(f"{path}: top level must be an object with images/annotations/categories")
+        raise DatasetError(
+            f"{path}: top level must be an object with images/annotations/categories"
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{path}: missing list '{key}'; a COCO detection json needs it")
@@ -151,7 +153,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 with Image.open(path) as img:
                     size = img.size
             except (UnidentifiedImageError, OSError) as err:
-                raise DatasetError(f"{path}: cannot read image (image id {im['id']}): {err}") from None
+                raise DatasetError(
+                    f"{path}: cannot read image (image id {im['id']}): {err}"
+                ) from None
             if size != (im["width"], im["height"]):
                 raise DatasetError(
                     f"{path}: image is {size[0]}x{size[1]} but {self.annotations_file} says "
@@ -199,7 +203,9 @@ class CocoDetection(torch.utils.data.Dataset):
                     img = img.convert("RGBA")  # PIL warns on palette+alpha straight to RGB
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError) as err:
-            raise DatasetError(f"{path}: cannot read image (image id {info['id']}): {err}") from None
+            raise DatasetError(
+                f"{path}: cannot read image (image id {info['id']}): {err}"
+            ) from None
 
     def raw_target(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixel xyxy boxes [N,4] and contiguous labels [N] of item `index`, untransformed."""

@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
 
 
 @dataclass
@@ -22,7 +28,10 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move images, mask and every tensor of the targets to `device`."""
         targets = [
-            {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in t.items()}
+            {
+                k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+                for k, v in t.items()
+            }
             for t in self.targets
         ]
         return Batch(
@@ -33,7 +42,10 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         # DataLoader(pin_memory=True) calls this on custom batch types.
-        targets = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in t.items()} for t in self.targets]
+        targets = [
+            {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in t.items()}
+            for t in self.targets
+        ]
         return Batch(self.images.pin_memory(), self.pixel_mask.pin_memory(), targets)
 
     def __len__(self) -> int:

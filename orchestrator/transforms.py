@@ -31,7 +31,9 @@ class RandomSizeCrop(v2.Transform):
     def __init__(self, min_size: int, max_size: int) -> None:
         super().__init__()
         if not 0 < min_size <= max_size:
-            raise ValueError(f"RandomSizeCrop needs 0 < min_size <= max_size, got {min_size}, {max_size}")
+            raise ValueError(
+                f"RandomSizeCrop needs 0 < min_size <= max_size, got {min_size}, {max_size}"
+            )
         self.min_size = min_size
         self.max_size = max_size
 

@@ -44,7 +44,7 @@ def test_crowd_empty_and_degenerate_boxes(small_coco, caplog):
     assert dataset.num_dropped == 2  # zero width, and entirely outside the image
     warnings = [r for r in caplog.records if "dropped 2 box" in r.getMessage()]
     assert len(warnings) == 1 and "5, 6" in warnings[0].getMessage()
-    image, target = dataset[2]  # the empty image is a valid sample
+    _, target = dataset[2]  # the empty image is a valid sample
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
 
 

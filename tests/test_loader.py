@@ -6,7 +6,11 @@ from orchestrator.transforms import eval_transforms
 
 
 def _sample(h, w, value, n_boxes=1):
-    target = {"boxes": torch.rand(n_boxes, 4), "labels": torch.zeros(n_boxes, dtype=torch.long), "image_id": value}
+    target = {
+        "boxes": torch.rand(n_boxes, 4),
+        "labels": torch.zeros(n_boxes, dtype=torch.long),
+        "image_id": value,
+    }
     return torch.full((3, h, w), float(value)), target
 
 
@@ -43,7 +47,9 @@ def test_loader_order_and_seeded_shuffle(small_coco):
     again = [t["image_id"] for b in build_loader(dataset, 1, train=True, seed=3) for t in b.targets]
     assert first == again and sorted(first) == [10, 11, 12]
     orders = {
-        tuple(t["image_id"] for b in build_loader(dataset, 1, train=True, seed=s) for t in b.targets)
+        tuple(
+            t["image_id"] for b in build_loader(dataset, 1, train=True, seed=s) for t in b.targets
+        )
         for s in range(10)
     }
     assert len(orders) > 1  # the seed really drives the shuffle

@@ -33,10 +33,14 @@ def _white_extent(image):
 def test_train_transform_keeps_box_on_filled_rectangle(seed):
     torch.manual_seed(seed)
     box = (30, 20, 70, 60)
-    transform = train_transforms(scales=(64, 80, 96), max_size=160, crop_resize=(70, 90), crop_size=(40, 70))
+    transform = train_transforms(
+        scales=(64, 80, 96), max_size=160, crop_resize=(70, 90), crop_size=(40, 70)
+    )
     image = tv_tensors.Image(_image_with_filled_box(box))
     target = {
-        "boxes": tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(80, 120)),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(80, 120)
+        ),
         "labels": torch.tensor([2]),
     }
     out_image, out_target = transform(image, target)
@@ -55,7 +59,9 @@ def test_flip_moves_box_with_image():
     box = (10, 20, 40, 50)
     image = tv_tensors.Image(_image_with_filled_box(box))
     target = {
-        "boxes": tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(80, 120)),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(80, 120)
+        ),
         "labels": torch.tensor([0]),
     }
     out_image, out_target = transform(image, target)
@@ -66,7 +72,9 @@ def test_flip_moves_box_with_image():
 def test_eval_transform_is_deterministic_resize():
     transform = eval_transforms(size=40, max_size=70)
     image = tv_tensors.Image(torch.zeros((3, 80, 160), dtype=torch.uint8))
-    boxes = tv_tensors.BoundingBoxes(torch.tensor([[16.0, 8, 32, 24]]), format="XYXY", canvas_size=(80, 160))
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor([[16.0, 8, 32, 24]]), format="XYXY", canvas_size=(80, 160)
+    )
     first, target = transform(image, {"boxes": boxes, "labels": torch.tensor([1])})
     second, _ = transform(image, {"boxes": boxes, "labels": torch.tensor([1])})
     assert first.shape == (3, 35, 70)  # max_size caps the longer side
@@ -88,11 +96,14 @@ def test_random_size_crop_bounds():
 def test_dataset_train_targets_stay_normalised(tmp_path):
     images = [{"id": i, "file_name": f"{i}.png", "width": 60, "height": 40} for i in range(1, 4)]
     anns = [
-        {"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 30, 20], "iscrowd": 0} for i in range(1, 4)
+        {"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 30, 20], "iscrowd": 0}
+        for i in range(1, 4)
     ]
     dataset = CocoDetection(
         *write_coco(tmp_path, images, anns),
-        transforms=train_transforms(scales=(32, 48), max_size=80, crop_resize=(36,), crop_size=(20, 30)),
+        transforms=train_transforms(
+            scales=(32, 48), max_size=80, crop_resize=(36,), crop_size=(20, 30)
+        ),
     )
     torch.manual_seed(0)
     for _ in range(5):

@@ -1,0 +1,53 @@
+"""A minimal overfit loop for learning tests: a few synthetic images, full batch, tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from detr_models.build import build_model, tiny_config
+from detr_models.criterion import SetCriterion, total
+from detr_models.matcher import HungarianMatcher
+from detr_models.postprocess import PostProcess
+from orchestrator.dataset import CocoDetection
+from orchestrator.evaluation import CocoEvaluator
+from orchestrator.loader import collate_detection
+from orchestrator.synth import ensure_shapes, split_paths
+from orchestrator.transforms import eval_transforms
+
+
+def shapes_batch(cache: Path, count: int, size: int = 128):
+    """The first `count` training images of a small synthetic set, as one padded batch."""
+    root = ensure_shapes(cache, num_train=max(count, 8), num_val=4, image_size=size, seed=0)
+    dataset = CocoDetection(*split_paths(root, "train"), transforms=eval_transforms(size, size * 2))
+    return dataset, collate_detection([dataset[i] for i in range(count)])
+
+
+def overfit(
+    arch: str, cache: Path, count: int = 4, steps: int = 300, lr: float = 1e-3, **overrides
+):
+    """Train a tiny model on `count` images for `steps` full-batch steps; return (AP50, losses)."""
+    torch.manual_seed(0)
+    dataset, batch = shapes_batch(cache, count)
+    model = build_model(tiny_config(arch, num_classes=dataset.num_classes, **overrides))
+    criterion = SetCriterion(dataset.num_classes, HungarianMatcher())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    history = []
+    model.train()
+    for _ in range(steps):
+        out = model(batch.images, batch.pixel_mask)
+        losses, _ = criterion(out, batch.targets)
+        loss = total(losses)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        history.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        out = model(batch.images, batch.pixel_mask)
+    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category)
+    post = PostProcess(top_k=100)
+    evaluator.update(post.predictions_for_evaluator(out.logits[-1], out.boxes[-1], batch.targets))
+    return evaluator.compute()["AP50"], history
