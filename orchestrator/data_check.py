@@ -78,7 +78,7 @@ def evaluate_ground_truth(
     """Run every target through the transform and the evaluator as a perfect prediction."""
     evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category)
     start = time.monotonic()
-    step = max(1, len(dataset) // 10)
+    last_print = start
     for index in range(len(dataset)):
         image, target = dataset[index]
         evaluator.update([targets_to_predictions(target)])
@@ -94,7 +94,9 @@ def evaluate_ground_truth(
                 torch.ones(len(boxes)),
                 class_names=dataset.class_names,
             )
-        if (index + 1) % step == 0 or index + 1 == len(dataset):
+        now = time.monotonic()
+        if now - last_print > 2.0 or index + 1 == len(dataset):
+            last_print = now
             print(
                 f"  checked {index + 1}/{len(dataset)} images ({time.monotonic() - start:.1f}s)",
                 file=sys.stderr,

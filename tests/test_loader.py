@@ -61,3 +61,38 @@ def test_loader_with_workers(small_coco):
     set_epoch(loader, 1)  # no-op without a process group
     (batch,) = list(loader)
     assert batch.images.shape[0] == 3 and batch.pixel_mask.any()
+
+
+def _shard_worker(rank, world, init_file, images_dir, ann_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        dataset = CocoDetection(images_dir, ann_file, transforms=eval_transforms(32, 64))
+        loader = build_loader(dataset, 1, train=True, seed=5)
+        set_epoch(loader, 0)
+        first = [t["image_id"] for b in loader for t in b.targets]
+        set_epoch(loader, 1)
+        second = [t["image_id"] for b in loader for t in b.targets]
+        (out_dir / f"{rank}.txt").write_text(f"{first}|{second}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_loader_shards_under_distributed(small_coco, tmp_path):
+    import ast
+
+    import torch.multiprocessing as mp
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    mp.spawn(_shard_worker, args=(2, tmp_path / "init", *small_coco, out_dir), nprocs=2)
+    shards = [
+        [ast.literal_eval(part) for part in (out_dir / f"{r}.txt").read_text().split("|")]
+        for r in range(2)
+    ]
+    # 3 images over 2 ranks: 2 each (one repeated as padding), together covering every image
+    for epoch in range(2):
+        ids = shards[0][epoch] + shards[1][epoch]
+        assert len(shards[0][epoch]) == len(shards[1][epoch]) == 2
+        assert set(ids) == {10, 11, 12}
