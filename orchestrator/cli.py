@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-size", type=_positive, default=1333, help="eval resize, longer side")
     check.add_argument("--draw-dir", type=Path, help="write a few images with their boxes here")
     check.set_defaults(handler=_run_check)
+
+    from orchestrator.spec_commands import add_spec_commands
+
+    add_spec_commands(commands)
     return parser
 
 
