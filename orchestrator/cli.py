@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.spec_commands import add_spec_commands
 
     add_spec_commands(commands)
+
+    from orchestrator.run_commands import add_run_commands
+
+    add_run_commands(commands)
     return parser
 
 

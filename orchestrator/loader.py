@@ -101,7 +101,7 @@ def build_loader(
         sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = SequentialSampler(dataset)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -109,9 +109,13 @@ def build_loader(
         collate_fn=_Collate(size_divisor),
         drop_last=drop_last,
         generator=generator,
-        persistent_workers=num_workers > 0,
+        # workers restart every epoch so their seeds come from the per-epoch generator state:
+        # a resumed run then sees exactly the augmentations an uninterrupted one would
+        persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+    loader.base_seed = seed
+    return loader
 
 
 class _Collate:
@@ -125,6 +129,9 @@ class _Collate:
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle a distributed loader for `epoch` (a no-op for a plain sampler)."""
+    """Fix the order and worker seeds of `epoch` from the loader's seed alone, so that epoch e
+    is the same whether or not the run was interrupted before it."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(getattr(loader, "base_seed", 0) * 100_003 + epoch)

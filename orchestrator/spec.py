@@ -81,7 +81,9 @@ class ModelSpecBase(Section):
     backbone_weights: str | None = Field(None, description="local torchvision ResNet state dict")
     frozen_stages: Annotated[int, Field(ge=-1, le=4)] = 1
     tiny_width: PositiveInt = 32
-    levels: list[Literal["C2", "C3", "C4", "C5"]] = Field(default_factory=lambda: ["C5"], min_length=1)
+    levels: list[Literal["C2", "C3", "C4", "C5"]] = Field(
+        default_factory=lambda: ["C5"], min_length=1
+    )
     hidden_dim: PositiveInt = 256
     num_heads: PositiveInt = 8
     encoder_layers: NonNegInt = 6
@@ -103,7 +105,9 @@ class ModelSpecBase(Section):
         fields = self.model_dump()
         fields["num_classes"] = fields["num_classes"] or num_classes
         if fields["num_classes"] is None:
-            raise ValueError("num_classes is unknown: set it in the spec or resolve it from the dataset")
+            raise ValueError(
+                "num_classes is unknown: set it in the spec or resolve it from the dataset"
+            )
         return ModelConfig.from_dict(fields)
 
 
@@ -121,7 +125,9 @@ class DabDetrSpec(ModelSpecBase):
     num_queries: PositiveInt = 300
 
 
-ModelSpec = Annotated[DetrSpec | ConditionalDetrSpec | DabDetrSpec, Field(discriminator="architecture")]
+ModelSpec = Annotated[
+    DetrSpec | ConditionalDetrSpec | DabDetrSpec, Field(discriminator="architecture")
+]
 
 
 class TeacherSpec(Section):
@@ -171,7 +177,9 @@ class LossSpec(Section):
     cls: NonNegFloat = 2.0
     bbox: NonNegFloat = 5.0
     giou: NonNegFloat = 2.0
-    stage_weights: list[NonNegFloat] | None = Field(None, description="one weight per decoder stage")
+    stage_weights: list[NonNegFloat] | None = Field(
+        None, description="one weight per decoder stage"
+    )
 
 
 class TrainSpec(Section):
@@ -219,14 +227,19 @@ class ExperimentSpec(Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
-    tune: dict[str, Any] | None = Field(None, description="Ray Tune sweep (see `detrdistill sweep`)")
+    tune: dict[str, Any] | None = Field(
+        None, description="Ray Tune sweep (see `detrdistill sweep`)"
+    )
 
     def cross_field_problems(self) -> list[tuple[str, str]]:
         """(dotted path, message) for every rule that spans sections; empty when consistent."""
         problems = []
         if self.distill.needs_teacher and self.teacher is None:
             problems.append(
-                ("teacher", f"distill.method {self.distill.method!r} needs a teacher; add a 'teacher' section")
+                (
+                    "teacher",
+                    f"distill.method {self.distill.method!r} needs a teacher; add a 'teacher' section",
+                )
             )
         stages = self.train.loss.stage_weights
         if stages is not None and len(stages) != self.student.decoder_layers:

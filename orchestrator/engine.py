@@ -1,0 +1,240 @@
+"""The training engine on plain PyTorch objects: no Ray, no MLflow, so tests and benchmarks
+call it directly and the Ray worker is a thin shell around it.
+
+A training objective is any callable `objective(model, batch, progress) -> (losses, diagnostics)`
+with an `after_step()` hook: plain detection training, DETRDistill and OD-DETR are objectives.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from detr_models.criterion import SetCriterion
+from detr_models.postprocess import PostProcess
+from orchestrator.evaluation import CocoEvaluator
+from orchestrator.loader import Batch
+
+
+@dataclass
+class Progress:
+    """Where training is: objectives use it for loss schedules."""
+
+    epoch: int
+    iteration: int
+    iters_per_epoch: int
+    epochs: int
+
+    @property
+    def fraction(self) -> float:
+        """Share of training done, in [0, 1]."""
+        return (self.epoch * self.iters_per_epoch + self.iteration) / max(
+            1, self.epochs * self.iters_per_epoch
+        )
+
+
+class Objective(Protocol):
+    def __call__(
+        self, model: nn.Module, batch: Batch, progress: Progress
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]: ...
+
+    def after_step(self) -> None: ...
+
+
+class DetectionObjective:
+    """Plain set-prediction training of the model against ground truth (`distill: none`)."""
+
+    def __init__(self, criterion: SetCriterion) -> None:
+        self.criterion = criterion
+
+    def __call__(
+        self, model: nn.Module, batch: Batch, progress: Progress
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        out = model(batch.images, batch.pixel_mask)
+        losses, _ = self.criterion(out, batch.targets)
+        return losses, {}
+
+    def after_step(self) -> None:
+        pass
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def train_one_epoch(
+    model: nn.Module,
+    objective: Objective,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    epoch: int,
+    epochs: int,
+    clip_grad_norm: float = 0.0,
+    amp: bool = False,
+    max_iters: int | None = None,
+    log_every: int = 20,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, float]:
+    """One pass over `loader`; returns the epoch means of every loss term and diagnostic, plus
+    `loss`, `lr`, `images_per_s` and `epoch_time`. `log` gets a progress dict every `log_every`
+    iterations (epoch, iteration, total, loss, images/s, eta_s)."""
+    model.train()
+    total_iters = len(loader) if max_iters is None else min(len(loader), max_iters)
+    sums: dict[str, float] = {}
+    images = 0
+    start = time.perf_counter()
+    use_amp = amp and device.type == "cuda"
+    for iteration, batch in enumerate(loader):
+        if iteration >= total_iters:
+            break
+        batch = batch.to(device, non_blocking=True)
+        progress = Progress(epoch, iteration, total_iters, epochs)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            losses, diagnostics = objective(model, batch, progress)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {epoch} iteration {iteration}: "
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        objective.after_step()
+        images += len(batch)
+        for key, value in {"loss": loss, **losses}.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        for key, value in diagnostics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        done = iteration + 1
+        if log is not None and (done % log_every == 0 or done == total_iters):
+            elapsed = time.perf_counter() - start
+            log(
+                {
+                    "epoch": epoch,
+                    "iteration": done,
+                    "total": total_iters,
+                    "loss": sums["loss"] / done,
+                    "images_per_s": images / elapsed,
+                    "eta_s": elapsed / done * (total_iters - done),
+                }
+            )
+    elapsed = time.perf_counter() - start
+    count = max(1, min(total_iters, len(loader)))
+    metrics = {key: value / count for key, value in sums.items()}
+    metrics.update(
+        lr=optimizer.param_groups[0]["lr"],
+        images_per_s=images / max(elapsed, 1e-9),
+        epoch_time=elapsed,
+    )
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    evaluator: CocoEvaluator,
+    device: torch.device,
+    postprocess: PostProcess | None = None,
+    amp: bool = False,
+    keep_images: int = 0,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """COCO metrics of the model's last decoder stage over `loader`.
+
+    Returns (metrics, samples) where samples are up to `keep_images` dicts with the normalised
+    image, its predictions and targets, for drawing.
+    """
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    postprocess = postprocess or PostProcess()
+    evaluator.reset()
+    samples: list[dict[str, Any]] = []
+    use_amp = amp and device.type == "cuda"
+    for batch in loader:
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(batch.images, batch.pixel_mask)
+        predictions = postprocess.predictions_for_evaluator(
+            out.logits[-1].float(), out.boxes[-1].float(), batch.targets
+        )
+        evaluator.update(
+            [{k: v.cpu() if torch.is_tensor(v) else v for k, v in p.items()} for p in predictions]
+        )
+        for i in range(min(len(batch), keep_images - len(samples))):
+            samples.append(
+                _sample(batch, i, out.logits[-1][i].float(), out.boxes[-1][i].float(), postprocess)
+            )
+    model.train(was_training)
+    return evaluator.compute(), samples
+
+
+def _sample(
+    batch: Batch, i: int, logits: torch.Tensor, boxes: torch.Tensor, post: PostProcess
+) -> dict:
+    """One image cropped to its valid region with predictions in that image's pixels."""
+    target = batch.targets[i]
+    height, width = target["size"].tolist()
+    size = torch.tensor([[height, width]], device=logits.device)
+    (pred,) = post(logits[None], boxes[None], size)
+    return {
+        "image": batch.images[i, :, :height, :width].cpu(),
+        "prediction": {k: v.cpu() for k, v in pred.items()},
+        "target": {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()},
+    }
+
+
+def backbone_parameter(name: str) -> bool:
+    return name.startswith("backbone.")
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW with the backbone at `lr * backbone_lr_mult` (frozen parameters left out)."""
+    groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+    for name, param in unwrap(model).named_parameters():
+        if param.requires_grad:
+            groups[backbone_parameter(name)].append(param)
+    param_groups = [{"params": groups[False], "lr": lr}]
+    if groups[True] and backbone_lr_mult > 0:
+        param_groups.append({"params": groups[True], "lr": lr * backbone_lr_mult})
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    iters_per_epoch: int,
+    epochs: int,
+    warmup_iters: int = 0,
+    step_epochs: list[int] | None = None,
+    gamma: float = 0.1,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration multiplier: linear warm-up, then constant, step (at epochs) or cosine."""
+    total = max(1, iters_per_epoch * epochs)
+    steps = [e * iters_per_epoch for e in step_epochs or []]
+
+    def factor(it: int) -> float:
+        warm = min(1.0, (it + 1) / warmup_iters) if warmup_iters else 1.0
+        if schedule == "step":
+            return warm * gamma ** sum(it >= s for s in steps)
+        if schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+        return warm
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

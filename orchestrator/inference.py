@@ -1,0 +1,114 @@
+"""Evaluate or run a trained model from any source (`models:/`, `runs:/`, a local file)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+
+from detr_models.postprocess import PostProcess
+from orchestrator.dataset import CocoDetection
+from orchestrator.drawing import save_detections_png
+from orchestrator.engine import evaluate
+from orchestrator.evaluation import CocoEvaluator, format_metrics_table
+from orchestrator.loader import build_loader
+from orchestrator.model_source import load_model
+from orchestrator.transforms import eval_transforms
+
+
+def evaluate_model(
+    source: str,
+    images: Path,
+    annotations: Path,
+    tracking_uri: str | None = None,
+    size: int | None = None,
+    batch_size: int = 4,
+    results: Path | None = None,
+) -> dict[str, float]:
+    """COCO metrics of the model at `source` on a dataset; prints the table."""
+    model, payload = load_model(source, tracking_uri=tracking_uri)
+    extra = payload["extra"]
+    dataset = CocoDetection(
+        images,
+        annotations,
+        transforms=eval_transforms(
+            size or extra.get("eval_size", 800), extra.get("max_size", 1333)
+        ),
+    )
+    if "label_to_category" in extra and extra["label_to_category"] != dataset.label_to_category:
+        print(
+            f"warning: the model was trained on category ids {extra['label_to_category']}, "
+            f"the dataset has {dataset.label_to_category}"
+        )
+    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category)
+    loader = build_loader(dataset, batch_size, train=False)
+    metrics, _ = evaluate(model, loader, evaluator, torch.device("cpu"))
+    print(format_metrics_table(metrics, title=f"{source} on {annotations}"))
+    if results is not None:
+        evaluator.write_results(results)
+    return metrics
+
+
+@torch.no_grad()
+def predict_images(
+    source: str,
+    image_paths: list[Path],
+    out_dir: Path,
+    tracking_uri: str | None = None,
+    size: int | None = None,
+    threshold: float = 0.3,
+) -> list[Path]:
+    """Draw detections on each image into `out_dir` and write `predictions.json` (COCO-style
+    results keyed by file name, with the original category ids)."""
+    model, payload = load_model(source, tracking_uri=tracking_uri)
+    model.eval()
+    extra = payload["extra"]
+    names = extra.get("class_names")
+    ids = extra.get("label_to_category") or list(range(model.num_classes))
+    transform = eval_transforms(size or extra.get("eval_size", 800), extra.get("max_size", 1333))
+    post = PostProcess(top_k=100)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, records = [], []
+    for path in image_paths:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+        pixels = tv_tensors.Image(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
+        empty = tv_tensors.BoundingBoxes(
+            torch.zeros(0, 4), format="XYXY", canvas_size=pixels.shape[-2:]
+        )
+        image, _ = transform(pixels, {"boxes": empty, "labels": torch.zeros(0, dtype=torch.long)})
+        out = model(image[None])
+        (pred,) = post(out.logits[-1], out.boxes[-1], torch.tensor([[rgb.height, rgb.width]]))
+        target = out_dir / f"{path.stem}.png"
+        save_detections_png(
+            target,
+            pixels.as_subclass(torch.Tensor),
+            pred["boxes"],
+            pred["labels"],
+            pred["scores"],
+            class_names=names,
+            score_threshold=threshold,
+        )
+        written.append(target)
+        xywh = box_convert(pred["boxes"], "xyxy", "xywh")
+        for box, score, label in zip(
+            xywh.tolist(), pred["scores"].tolist(), pred["labels"].tolist(), strict=True
+        ):
+            records.append(
+                {
+                    "file_name": path.name,
+                    "category_id": ids[label],
+                    "bbox": [round(v, 2) for v in box],
+                    "score": round(score, 5),
+                }
+            )
+    tmp = out_dir / f".predictions.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(records))
+    os.replace(tmp, out_dir / "predictions.json")
+    return written

@@ -1,0 +1,82 @@
+"""Where weights come from: `models:/<name>/<version>`, `models:/<name>@<alias>`,
+`runs:/<run id>/<path>`, or a local file. Everything resolves to a plain model file that loads
+with `torch.load(weights_only=True)`; no pickled code is ever executed to load weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from detr_models.build import ModelConfig, build_model
+from orchestrator.checkpoints import MODEL_FILE, load_weights, read_model_file
+from orchestrator.errors import UserInputError
+
+URI_PREFIXES = ("models:/", "runs:/")
+
+
+def is_uri(source: str) -> bool:
+    return source.startswith(URI_PREFIXES)
+
+
+def check_source_syntax(source: str) -> str | None:
+    """A problem with the form of a weights source, or None (no network, no files touched)."""
+    if source.startswith("models:/"):
+        rest = source[len("models:/") :]
+        name, _, version = rest.partition("/")
+        if "@" in rest and not version:
+            name, _, alias = rest.partition("@")
+            return None if name and alias else f"{source!r}: expected models:/<name>@<alias>"
+        if not name or not version:
+            return f"{source!r}: expected models:/<name>/<version> or models:/<name>@<alias>"
+        return None
+    if source.startswith("runs:/"):
+        run_id, _, path = source[len("runs:/") :].partition("/")
+        return None if run_id and path else f"{source!r}: expected runs:/<run id>/<artifact path>"
+    if not Path(source).is_file():
+        return f"weights file {source} not found; give a local file, models:/... or runs:/..."
+    return None
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def resolve_model_file(source: str, tracking_uri: str | None = None) -> Path:
+    """A local plain model file for `source` (downloading from MLflow when it is a URI)."""
+    problem = check_source_syntax(source)
+    if problem:
+        raise UserInputError(problem)
+    if not is_uri(source):
+        return Path(source)
+    from orchestrator.tracking import download
+
+    try:
+        local = download(tracking_uri or default_tracking_uri(), source)
+    except Exception as err:
+        raise UserInputError(
+            f"cannot fetch {source} from MLflow: {str(err).splitlines()[0][:300]}"
+        ) from None
+    if local.is_file():
+        return local
+    candidates = sorted(local.rglob(MODEL_FILE)) or sorted(local.rglob("*.pt"))
+    if not candidates:
+        raise UserInputError(f"{source} holds no {MODEL_FILE} (not a detrdistill model)")
+    return candidates[0]
+
+
+def load_model(
+    source: str, config: ModelConfig | None = None, tracking_uri: str | None = None
+) -> tuple[nn.Module, dict]:
+    """Build and load a model from any source. With `config`, the weights must fit it exactly
+    (a mismatch names the keys); without, the file's own config is used."""
+    path = resolve_model_file(source, tracking_uri)
+    payload = read_model_file(path)
+    if config is None:
+        if payload["config"] is None:
+            raise UserInputError(f"{source}: a bare state dict carries no model config; give one")
+        config = ModelConfig.from_dict(payload["config"])
+    model = build_model(config)
+    load_weights(model, payload["state_dict"], source)
+    return model, payload

@@ -1,0 +1,233 @@
+"""`detrdistill run`: check everything, set up MLflow, fit a Ray Train TorchTrainer, export.
+
+The Ray run name is `<spec name>-<run name>`, deterministic, so running the same command after a
+crash resumes from the last checkpoint in the same MLflow run; `--restart` starts over.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator import checkpoints
+from orchestrator.data_build import build_datasets
+from orchestrator.errors import UserInputError
+from orchestrator.export import ExportedDetector
+from orchestrator.model_source import check_source_syntax, load_model
+from orchestrator.spec import ExperimentSpec
+from orchestrator.spec_loader import flatten_params, spec_to_yaml
+
+
+@dataclass
+class RunResult:
+    run_key: str
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    best_ap: float | None
+    registered_version: str | None
+    model_file: Path | None
+
+
+def preflight(spec: ExperimentSpec) -> int:
+    """Checks that need files: datasets open, class counts agree, teacher weights fit.
+    Returns the number of classes. Raises UserInputError naming the field."""
+    train_set, val_set = build_datasets(spec.data)
+    k = train_set.num_classes
+    if val_set.label_to_category != train_set.label_to_category:
+        raise UserInputError(
+            f"data: train and val categories differ ({train_set.label_to_category} vs "
+            f"{val_set.label_to_category}); both splits need the same category list"
+        )
+    if spec.student.num_classes not in (None, k):
+        raise UserInputError(
+            f"student.num_classes: {spec.student.num_classes} but the dataset has {k} classes; "
+            "set it to match or leave it out"
+        )
+    if spec.teacher is not None:
+        if spec.teacher.model.num_classes not in (None, k):
+            raise UserInputError(
+                f"teacher.model.num_classes: {spec.teacher.model.num_classes} but the dataset has "
+                f"{k} classes"
+            )
+        problem = check_source_syntax(spec.teacher.weights)
+        if problem:
+            raise UserInputError(f"teacher.weights: {problem}")
+        load_model(
+            spec.teacher.weights, spec.teacher.model.to_model_config(k), spec.mlflow.tracking_uri
+        )
+    return k
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=True, log_to_driver=True)
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    run_name: str = "default",
+    address: str | None = None,
+    restart: bool = False,
+    storage_path: str | Path = "runs",
+) -> RunResult:
+    """Run `spec` (already resolved to absolute paths) end to end and return the summary."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator import tracking
+    from orchestrator.train import train_worker
+
+    started = time.monotonic()
+    num_classes = preflight(spec)
+    run_key = f"{spec.name}-{run_name}"
+    storage = Path(storage_path).resolve()
+    uri = spec.mlflow.tracking_uri
+    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
+    if restart:
+        shutil.rmtree(storage / run_key, ignore_errors=True)
+        tracking.delete_runs_with_key(uri, experiment_id, run_key)
+    tags = {
+        "architecture": spec.student.architecture,
+        "method": spec.distill.method,
+        "teacher": spec.teacher.weights if spec.teacher else "none",
+        "git_commit": tracking.git_commit(Path(__file__).parent),
+    }
+    run_id, resumed = tracking.find_or_create_run(uri, experiment_id, run_key, run_key, tags)
+    run_logger = tracking.RunLogger(uri, run_id)
+    if not resumed:
+        run_logger.text(spec_to_yaml(spec), "spec.yaml")
+        run_logger.params(flatten_params(spec))
+    print(
+        f"{'resuming' if resumed else 'starting'} run {run_key} (MLflow run {run_id}, "
+        f"experiment {spec.mlflow.experiment}, {uri})",
+        flush=True,
+    )
+    scaling = spec.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    if scaling.num_workers > 0:
+        _init_ray(address)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "mlflow_run_id": run_id,
+            "tracking_uri": uri,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_key,
+            storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.checkpoint.num_to_keep,
+                checkpoint_score_attribute=spec.checkpoint.score_metric,
+                checkpoint_score_order=spec.checkpoint.score_mode,
+            ),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        run_logger.finish("FAILED")
+        raise
+    best = _best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
+    version, model_file = None, None
+    if best is not None:
+        version, model_file = _export(spec, best, run_logger, uri, run_id, num_classes)
+    run_logger.finish()
+    metrics = dict(result.metrics or {})
+    summary = RunResult(run_key, run_id, uri, metrics, _best_ap(model_file), version, model_file)
+    _print_summary(summary, spec, time.monotonic() - started)
+    return summary
+
+
+def _best_checkpoint(result, metric: str, mode: str):
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if scored:
+        pick = max if mode == "max" else min
+        return pick(scored, key=lambda cm: cm[1][metric])[0]
+    return result.checkpoint
+
+
+def _best_ap(model_file: Path | None) -> float | None:
+    if model_file is None:
+        return None
+    return checkpoints.read_model_file(model_file)["extra"].get("val_AP")
+
+
+def _export(spec, checkpoint, run_logger, uri: str, run_id: str, num_classes: int):
+    """Log curves, the plain model file, the MLflow model, and register it."""
+    from orchestrator import tracking
+
+    export_dir = Path(_tmpdir())
+    with checkpoint.as_directory() as path:
+        shutil.copy(Path(path) / checkpoints.MODEL_FILE, export_dir / checkpoints.MODEL_FILE)
+        state = checkpoints.load_training_state(path)
+    model_file = export_dir / checkpoints.MODEL_FILE
+    payload = checkpoints.read_model_file(model_file)
+    model, _ = load_model(str(model_file))
+    extra = dict(payload["extra"], val_AP=state.get("last_eval", {}).get("val/AP"))
+    checkpoints.save_model_file(model_file, model, spec.student.to_model_config(num_classes), extra)
+    figure = tracking.curves_figure(
+        {k: v for k, v in state["history"].items() if k in ("train/loss", "val/AP", "val/AP50")}
+    )
+    if figure is not None:
+        run_logger.figure(figure, "curves.png")
+    run_logger.artifact(model_file, "model")
+    exported = ExportedDetector(model.eval(), extra).eval()
+    size = spec.data.eval_size
+    example = np.zeros((1, 3, size, size), dtype=np.float32)
+    description = f"{spec.student.architecture} trained by detrdistill run {spec.name} (epoch {extra.get('epoch')})"
+    version = tracking.log_model(
+        uri, run_id, exported, example, model_file, spec.mlflow.register_as, description
+    )
+    return version, model_file
+
+
+def _tmpdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="detrdistill-export-")
+
+
+def _print_summary(result: RunResult, spec: ExperimentSpec, seconds: float) -> None:
+    ap = result.metrics.get("val/AP")
+    ap50 = result.metrics.get("val/AP50")
+    lines = [
+        f"run {result.run_key} finished in {seconds:.0f}s",
+        f"  final val AP {ap:.3f}  AP50 {ap50:.3f}" if ap is not None else "  no evaluation",
+        f"  best val AP {result.best_ap:.3f}" if result.best_ap is not None else "",
+        f"  MLflow run {result.mlflow_run_id} in {result.tracking_uri}",
+        f"  registered as models:/{spec.mlflow.register_as}/{result.registered_version}"
+        if result.registered_version
+        else "  not registered (set mlflow.register_as)",
+        f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}",
+    ]
+    print("\n".join(line for line in lines if line), flush=True)
+
+
+def check_resources(spec: ExperimentSpec) -> None:
+    if spec.scaling.use_gpu:
+        import torch
+
+        if not torch.cuda.is_available() and spec.scaling.num_workers == 0:
+            raise UserInputError(
+                "scaling.use_gpu: true but this machine has no GPU; set it to false"
+            )

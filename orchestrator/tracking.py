@@ -1,0 +1,232 @@
+"""MLflow: the only module that imports mlflow.
+
+The driver creates the experiment and the run (SQLite dislikes concurrent creation); rank 0 of
+the workers logs into that run by id. A run is found again by its `detrdistill.run_key` tag, so
+re-running the same command continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger("detrdistill")
+RUN_KEY_TAG = "detrdistill.run_key"
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: str | None = None) -> str:
+    """The id of experiment `name`, created if missing (artifacts under `artifact_root`)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root)
+
+
+def find_or_create_run(
+    uri: str, experiment_id: str, run_key: str, run_name: str, tags: dict[str, str]
+) -> tuple[str, bool]:
+    """(run id, resumed): the run tagged with `run_key` if one exists, else a new one."""
+    client = _client(uri)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+    )
+    if runs:
+        client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id, True
+    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_KEY_TAG: run_key, **tags})
+    return run.info.run_id, False
+
+
+def delete_runs_with_key(uri: str, experiment_id: str, run_key: str) -> int:
+    """Delete earlier runs of this key (`--restart`); returns how many."""
+    client = _client(uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'")
+    for run in runs:
+        client.delete_run(run.info.run_id)
+    return len(runs)
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class RunLogger:
+    """Logs metrics and artifacts into one existing MLflow run by id."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self.client = _client(uri)
+
+    def params(self, params: dict[str, str]) -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = [mlflow.entities.Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(fresh), 100):
+            self.client.log_batch(self.run_id, params=fresh[start : start + 100])
+
+    def tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        entries = [
+            mlflow.entities.Metric(_metric_name(k), float(v), int(1000 * _now()), step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and np.isfinite(v)
+        ]
+        if entries:
+            self.client.log_batch(self.run_id, metrics=entries)
+
+    def text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def image(self, image: np.ndarray, artifact_file: str) -> None:
+        """uint8 [H,W,3] image as a PNG artifact."""
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+    def figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def history(self, key: str) -> list[tuple[int, float]]:
+        return [
+            (m.step, m.value)
+            for m in self.client.get_metric_history(self.run_id, _metric_name(key))
+        ]
+
+
+def _metric_name(key: str) -> str:
+    # MLflow allows letters, digits and _ - . / and spaces
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def log_model(
+    uri: str,
+    run_id: str,
+    model: Any,
+    input_example: np.ndarray,
+    model_file: Path,
+    register_as: str | None,
+    description: str = "",
+) -> str | None:
+    """Log the exported student as an MLflow PyTorch model (pickle format, plus the plain
+    model file as an extra file) and register it; returns the registered version or None."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(uri)
+    with torch.no_grad():
+        output = {k: v.numpy() for k, v in model(torch.from_numpy(input_example)).items()}
+    signature = infer_signature(input_example, output)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="student",
+            signature=signature,
+            input_example=input_example,
+            serialization_format="pickle",
+            extra_files=[str(model_file)],
+            pip_requirements=_requirements(),
+        )
+    if not register_as:
+        return None
+    version = mlflow.register_model(info.model_uri, register_as)
+    if description:
+        _client(uri).update_model_version(register_as, version.version, description)
+    return str(version.version)
+
+
+def _requirements() -> list[str]:
+    import torch
+    import torchvision
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+    ]
+
+
+def download(uri: str, source: str) -> Path:
+    """Download `models:/...` or `runs:/...` to a local temporary folder and return its path."""
+    mlflow.set_tracking_uri(uri)
+    target = tempfile.mkdtemp(prefix="detrdistill-")
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=target))
+
+
+def curves_figure(history: dict[str, list[tuple[int, float]]]) -> Any:
+    """Loss and AP curves over epochs as a matplotlib figure (None if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed: skipping the curves plot")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, points in history.items():
+        if not points:
+            continue
+        ax = axes[1] if key.startswith(("val/", "ema/")) else axes[0]
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o", label=key)
+    axes[0].set_title("training loss")
+    axes[1].set_title("validation")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def default_environment() -> None:
+    # keep MLflow quiet about its own telemetry in CI logs
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

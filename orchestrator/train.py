@@ -1,0 +1,277 @@
+"""The per-worker training loop. `train_worker` is what Ray Train's TorchTrainer runs; the loop
+itself (`run_training`) is written against a small reporter interface so that Ray Train, Ray
+Tune (for PBT) and tests run the same code."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from detr_models.build import build_model
+from detr_models.criterion import SetCriterion
+from detr_models.matcher import HungarianMatcher
+from orchestrator import checkpoints
+from orchestrator.data_build import build_datasets
+from orchestrator.drawing import denormalize_image, draw_detections
+from orchestrator.engine import (
+    DetectionObjective,
+    Objective,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    train_one_epoch,
+    unwrap,
+)
+from orchestrator.evaluation import METRIC_NAMES, CocoEvaluator, format_metrics_table
+from orchestrator.loader import build_loader, set_epoch
+from orchestrator.spec import ExperimentSpec
+from orchestrator.spec_loader import load_spec_dict
+
+logger = logging.getLogger("detrdistill")
+
+
+class Reporter(Protocol):
+    """What the loop needs from whoever runs it (Ray Train, Ray Tune, a test)."""
+
+    rank: int
+
+    def resume_dir(self) -> Path | None: ...
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+
+class RayTrainReporter:
+    """Reporter for a Ray Train worker."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        self._train = ray.train
+        self.rank = ray.train.get_context().get_world_rank()
+        self._dirs: list[tempfile.TemporaryDirectory] = []
+
+    def resume_dir(self) -> Path | None:
+        checkpoint = self._train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        # as_directory may hand back a temporary copy that vanishes on exit: load inside it
+        self._dirs.append(tempfile.TemporaryDirectory())
+        with checkpoint.as_directory() as path:
+            target = Path(self._dirs[-1].name)
+            for item in Path(path).iterdir():
+                (target / item.name).write_bytes(item.read_bytes())
+        return target
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = (
+            self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        )
+        self._train.report(metrics, checkpoint=checkpoint)
+
+
+def build_objective(spec: ExperimentSpec, num_classes: int, device: torch.device) -> Objective:
+    """The training objective of `spec.distill.method` (distillation issues add theirs here)."""
+    matcher = HungarianMatcher(
+        spec.train.matcher.cost_class, spec.train.matcher.cost_bbox, spec.train.matcher.cost_giou
+    )
+    loss = spec.train.loss
+    criterion = SetCriterion(
+        num_classes, matcher, loss.cls, loss.bbox, loss.giou, stage_weights=loss.stage_weights
+    )
+    if spec.distill.method == "none":
+        return DetectionObjective(criterion)
+    raise ValueError(f"distill.method {spec.distill.method!r} is not available in this build")
+
+
+def _device(spec: ExperimentSpec) -> torch.device:
+    if spec.scaling.use_gpu and torch.cuda.is_available():
+        if dist.is_initialized():
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run_training(
+    spec: ExperimentSpec, reporter: Reporter, logger_factory: Any = None
+) -> dict[str, float]:
+    """Train `spec.student` from scratch or from the reporter's resume checkpoint.
+
+    Every epoch reports metrics (and a checkpoint written by rank 0). `logger_factory(run_id)`
+    returns an MLflow RunLogger on rank 0 (None elsewhere or when tracking is off).
+    """
+    rank = reporter.rank
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    device = _device(spec)
+    torch.manual_seed(spec.seed)
+    train_set, val_set = build_datasets(spec.data)
+    num_classes = train_set.num_classes
+    model_config = spec.student.to_model_config(num_classes)
+    model = build_model(model_config).to(device)
+    objective = build_objective(spec, num_classes, device)
+    loader = build_loader(train_set, spec.data.batch_size, True, spec.data.num_workers, spec.seed)
+    val_loader = build_loader(
+        val_set, spec.data.eval_batch_size or spec.data.batch_size, False, spec.data.num_workers
+    )
+    iters = (
+        len(loader)
+        if spec.train.max_iters_per_epoch is None
+        else min(len(loader), spec.train.max_iters_per_epoch)
+    )
+    optim = spec.optim
+    optimizer = build_optimizer(model, optim.lr, optim.backbone_lr_mult, optim.weight_decay)
+    scheduler = build_scheduler(
+        optimizer,
+        optim.schedule,
+        iters,
+        spec.train.epochs,
+        optim.warmup_iters,
+        optim.step_epochs,
+        optim.gamma,
+    )
+    state: dict[str, Any] = {"epoch": 0, "history": {}, "best": None, "last_eval": {}}
+    resume = reporter.resume_dir()
+    if resume is not None:
+        saved = checkpoints.load_training_state(resume)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        checkpoints.set_rng_state(saved["rng"][min(rank, len(saved["rng"]) - 1)])
+        state = {k: saved[k] for k in ("epoch", "history", "best", "last_eval")}
+        if rank == 0:
+            print(f"resuming from the checkpoint after epoch {state['epoch']}", flush=True)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    run_logger = logger_factory() if (logger_factory is not None and rank == 0) else None
+    evaluator = CocoEvaluator(val_set.coco, val_set.label_to_category)
+    log = _print_progress if rank == 0 else None
+    metrics: dict[str, float] = {}
+    for epoch in range(state["epoch"], spec.train.epochs):
+        set_epoch(loader, epoch)
+        train_metrics = train_one_epoch(
+            model,
+            objective,
+            loader,
+            optimizer,
+            scheduler,
+            device,
+            epoch,
+            spec.train.epochs,
+            optim.clip_grad_norm,
+            spec.train.amp,
+            spec.train.max_iters_per_epoch,
+            spec.train.log_every,
+            log,
+        )
+        metrics = {f"train/{k}": v for k, v in train_metrics.items()}
+        last = epoch + 1 == spec.train.epochs
+        if (epoch + 1) % spec.train.eval_interval == 0 or last:
+            keep = spec.mlflow.log_images if run_logger is not None else 0
+            scores, samples = evaluate(
+                model, val_loader, evaluator, device, amp=spec.train.amp, keep_images=keep
+            )
+            state["last_eval"] = {f"val/{k}": scores[k] for k in METRIC_NAMES}
+            if rank == 0:
+                print(
+                    format_metrics_table(scores, title=f"epoch {epoch + 1} validation"), flush=True
+                )
+            if run_logger is not None:
+                _log_samples(run_logger, samples, val_set.class_names, epoch + 1)
+        metrics.update(state["last_eval"])
+        metrics["epoch"] = epoch + 1
+        for key, value in metrics.items():
+            state["history"].setdefault(key, []).append((epoch + 1, float(value)))
+        ap = state["last_eval"].get("val/AP")
+        if ap is not None and (state["best"] is None or ap > state["best"]):
+            state["best"] = ap
+        if run_logger is not None:
+            run_logger.metrics(metrics, step=epoch + 1)
+        rngs = [checkpoints.rng_state()]
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint_dir = None
+            if rank == 0:
+                checkpoint_dir = Path(tmp)
+                checkpoints.save_training_state(
+                    checkpoint_dir,
+                    {
+                        "model": unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": rngs,
+                        "epoch": epoch + 1,
+                        "history": state["history"],
+                        "best": state["best"],
+                        "last_eval": state["last_eval"],
+                    },
+                )
+                checkpoints.save_model_file(
+                    checkpoint_dir / checkpoints.MODEL_FILE,
+                    unwrap(model),
+                    model_config,
+                    extra={
+                        "class_names": val_set.class_names,
+                        "label_to_category": val_set.label_to_category,
+                        "eval_size": spec.data.eval_size,
+                        "max_size": spec.data.max_size,
+                        "epoch": epoch + 1,
+                    },
+                )
+            reporter.report(metrics, checkpoint_dir)
+    return metrics
+
+
+def _print_progress(info: dict[str, Any]) -> None:
+    print(
+        f"epoch {info['epoch'] + 1} iter {info['iteration']}/{info['total']}  loss {info['loss']:.4f}  "
+        f"{info['images_per_s']:.1f} img/s  eta {info['eta_s']:.0f}s",
+        flush=True,
+    )
+
+
+def _log_samples(run_logger: Any, samples: list[dict], class_names: list[str], epoch: int) -> None:
+    for i, sample in enumerate(samples):
+        target = sample["target"]
+        height, width = target["size"].tolist()
+        from torchvision.ops import box_convert
+
+        gt = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor(
+            [width, height, width, height]
+        )
+        pred = sample["prediction"]
+        drawn = draw_detections(
+            denormalize_image(sample["image"]),
+            pred["boxes"],
+            pred["labels"],
+            pred["scores"],
+            class_names=class_names,
+            gt_boxes=gt,
+            gt_labels=target["labels"],
+        )
+        run_logger.image(drawn.permute(1, 2, 0).numpy(), f"predictions/epoch_{epoch:03d}_{i}.png")
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: `config` holds the resolved spec dict and the MLflow run."""
+    spec = load_spec_dict(config["spec"], source="<worker>")
+    reporter = RayTrainReporter()
+    factory = None
+    if config.get("mlflow_run_id"):
+        from orchestrator.tracking import RunLogger
+
+        def factory() -> RunLogger:
+            return RunLogger(config["tracking_uri"], config["mlflow_run_id"])
+
+    run_training(spec, reporter, factory)
