@@ -23,6 +23,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
 
+import orchestrator.quiet_coco  # noqa: F401  (silences pycocotools)
+
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 # Positions of METRIC_NAMES in COCOeval.stats (index 8 is recall with maxDets=100, all areas).

@@ -1,5 +1,8 @@
-"""The exported student: the detector plus what inference needs (class names, ids, sizes),
-returning the last decoder stage as plain tensors."""
+"""The exported student: the detector plus what inference needs (class names, ids, sizes).
+
+Its forward returns one tensor so that MLflow's pyfunc serving can handle it:
+`[B,Q,4+C]` = normalised cxcywh boxes followed by the class probabilities (sigmoid).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from torch import nn
 
 
 class ExportedDetector(nn.Module):
-    """`forward(images [B,3,H,W] normalised) -> {"logits": [B,Q,C], "boxes": [B,Q,4] cxcywh}`."""
+    """`forward(images [B,3,H,W] ImageNet-normalised) -> [B,Q,4+C]` from the last stage."""
 
     def __init__(self, model: nn.Module, extra: dict[str, Any]) -> None:
         super().__init__()
@@ -20,6 +23,6 @@ class ExportedDetector(nn.Module):
         self.eval_size = int(extra.get("eval_size", 800))
         self.max_size = int(extra.get("max_size", 1333))
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model(images)
-        return {"logits": out.logits[-1], "boxes": out.boxes[-1]}
+        return torch.cat((out.boxes[-1], out.logits[-1].sigmoid()), dim=-1)

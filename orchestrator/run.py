@@ -127,6 +127,7 @@ def run_experiment(
             "spec": spec.model_dump(mode="json"),
             "mlflow_run_id": run_id,
             "tracking_uri": uri,
+            "scratch_dir": str(storage / run_key / "scratch"),
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources

@@ -156,7 +156,7 @@ def log_model(
 
     mlflow.set_tracking_uri(uri)
     with torch.no_grad():
-        output = {k: v.numpy() for k, v in model(torch.from_numpy(input_example)).items()}
+        output = model(torch.from_numpy(input_example)).numpy()
     signature = infer_signature(input_example, output)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(

@@ -5,6 +5,7 @@ Tune (for PBT) and tests run the same code."""
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,18 +44,22 @@ class Reporter(Protocol):
 
     def resume_dir(self) -> Path | None: ...
 
+    def new_checkpoint_dir(self, epoch: int) -> Path: ...
+
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
 
 
 class RayTrainReporter:
     """Reporter for a Ray Train worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, scratch: str | Path) -> None:
         import ray.train
 
         self._train = ray.train
         self.rank = ray.train.get_context().get_world_rank()
         self._dirs: list[tempfile.TemporaryDirectory] = []
+        self.scratch = Path(scratch)
+        self._written: list[Path] = []
 
     def resume_dir(self) -> Path | None:
         checkpoint = self._train.get_checkpoint()
@@ -68,11 +73,23 @@ class RayTrainReporter:
                 (target / item.name).write_bytes(item.read_bytes())
         return target
 
+    def new_checkpoint_dir(self, epoch: int) -> Path:
+        # Ray copies a reported checkpoint into its storage, except in local mode
+        # (num_workers=0) where it keeps our path: so keep the latest and drop older ones
+        path = self.scratch / f"epoch_{epoch:04d}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = (
             self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         )
         self._train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir is not None:
+            for old in self._written:
+                shutil.rmtree(old, ignore_errors=True)
+            self._written = [checkpoint_dir]
 
 
 def build_objective(spec: ExperimentSpec, num_classes: int, device: torch.device) -> Objective:
@@ -200,37 +217,38 @@ def run_training(
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, rngs[0])
             rngs = gathered
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint_dir = None
-            if rank == 0:
-                checkpoint_dir = Path(tmp)
-                checkpoints.save_training_state(
-                    checkpoint_dir,
-                    {
-                        "model": unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": rngs,
-                        "epoch": epoch + 1,
-                        "history": state["history"],
-                        "best": state["best"],
-                        "last_eval": state["last_eval"],
-                    },
-                )
-                checkpoints.save_model_file(
-                    checkpoint_dir / checkpoints.MODEL_FILE,
-                    unwrap(model),
-                    model_config,
-                    extra={
-                        "class_names": val_set.class_names,
-                        "label_to_category": val_set.label_to_category,
-                        "eval_size": spec.data.eval_size,
-                        "max_size": spec.data.max_size,
-                        "epoch": epoch + 1,
-                    },
-                )
-            reporter.report(metrics, checkpoint_dir)
+        checkpoint_dir = None
+        if rank == 0:
+            checkpoint_dir = reporter.new_checkpoint_dir(epoch + 1)
+            _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, rngs, epoch + 1, state)
+            extra = {
+                "class_names": val_set.class_names,
+                "label_to_category": val_set.label_to_category,
+                "eval_size": spec.data.eval_size,
+                "max_size": spec.data.max_size,
+                "epoch": epoch + 1,
+            }
+            checkpoints.save_model_file(
+                checkpoint_dir / checkpoints.MODEL_FILE, unwrap(model), model_config, extra
+            )
+        reporter.report(metrics, checkpoint_dir)
     return metrics
+
+
+def _save_checkpoint(directory, model, optimizer, scheduler, rngs, epoch: int, state: dict) -> None:
+    checkpoints.save_training_state(
+        directory,
+        {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rngs,
+            "epoch": epoch,
+            "history": state["history"],
+            "best": state["best"],
+            "last_eval": state["last_eval"],
+        },
+    )
 
 
 def _print_progress(info: dict[str, Any]) -> None:
@@ -266,7 +284,7 @@ def _log_samples(run_logger: Any, samples: list[dict], class_names: list[str], e
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` holds the resolved spec dict and the MLflow run."""
     spec = load_spec_dict(config["spec"], source="<worker>")
-    reporter = RayTrainReporter()
+    reporter = RayTrainReporter(config["scratch_dir"])
     factory = None
     if config.get("mlflow_run_id"):
         from orchestrator.tracking import RunLogger
