@@ -88,7 +88,7 @@ def run_experiment(
     from ray.train.torch import TorchTrainer
 
     from orchestrator import tracking
-    from orchestrator.train import train_worker
+    from orchestrator.train import FAULT_ENV, train_worker
 
     started = time.monotonic()
     num_classes = preflight(spec)
@@ -128,6 +128,7 @@ def run_experiment(
             "mlflow_run_id": run_id,
             "tracking_uri": uri,
             "scratch_dir": str(storage / run_key / "scratch"),
+            "fault_after_epoch": os.environ.get(FAULT_ENV),
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources

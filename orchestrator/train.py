@@ -35,6 +35,9 @@ from orchestrator.spec import ExperimentSpec
 from orchestrator.spec_loader import load_spec_dict
 
 logger = logging.getLogger("detrdistill")
+# Fault injection for testing resume: set in the driver's environment, the first attempt of
+# a run crashes right after reporting this epoch.
+FAULT_ENV = "DETRDISTILL_FAULT_AFTER_EPOCH"
 
 
 class Reporter(Protocol):
@@ -117,7 +120,10 @@ def _device(spec: ExperimentSpec) -> torch.device:
 
 
 def run_training(
-    spec: ExperimentSpec, reporter: Reporter, logger_factory: Any = None
+    spec: ExperimentSpec,
+    reporter: Reporter,
+    logger_factory: Any = None,
+    fault_after_epoch: int | None = None,
 ) -> dict[str, float]:
     """Train `spec.student` from scratch or from the reporter's resume checkpoint.
 
@@ -232,6 +238,8 @@ def run_training(
                 checkpoint_dir / checkpoints.MODEL_FILE, unwrap(model), model_config, extra
             )
         reporter.report(metrics, checkpoint_dir)
+        if resume is None and fault_after_epoch == epoch + 1:
+            raise RuntimeError(f"fault injected after epoch {epoch + 1} by ${FAULT_ENV}")
     return metrics
 
 
@@ -292,4 +300,5 @@ def train_worker(config: dict[str, Any]) -> None:
         def factory() -> RunLogger:
             return RunLogger(config["tracking_uri"], config["mlflow_run_id"])
 
-    run_training(spec, reporter, factory)
+    fault = config.get("fault_after_epoch")
+    run_training(spec, reporter, factory, int(fault) if fault else None)

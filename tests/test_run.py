@@ -1,0 +1,173 @@
+"""End to end: spec -> Ray Train -> MLflow -> registered model, with real Ray and MLflow."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from orchestrator.checkpoints import read_model_file
+from orchestrator.errors import UserInputError
+from orchestrator.model_source import load_model
+from orchestrator.run import run_experiment
+from orchestrator.spec_loader import load_spec_dict, resolve_paths
+
+
+def tiny_spec(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides):
+    data = {
+        "name": name,
+        "seed": 0,
+        "data": {
+            "source": {
+                "kind": "synthetic",
+                "train_images": 8,
+                "val_images": 4,
+                "image_size": 64,
+                "cache_dir": str(base / "cache"),
+            },
+            "train_scales": [64],
+            "max_size": 96,
+            "crop": False,
+            "eval_size": 64,
+            "batch_size": 4,
+            "num_workers": 0,
+        },
+        "student": {
+            "architecture": "detr",
+            "backbone": "tiny",
+            "tiny_width": 8,
+            "levels": ["C4"],
+            "hidden_dim": 32,
+            "num_heads": 4,
+            "encoder_layers": 1,
+            "decoder_layers": 2,
+            "ffn_dim": 64,
+            "num_queries": 8,
+            "dropout": 0.0,
+        },
+        "optim": {"lr": 1e-3, "schedule": "step", "step_epochs": [1]},
+        "train": {"epochs": epochs, "log_every": 1},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 1},
+        "mlflow": {"register_as": register_as, "log_images": 2},
+    }
+    for path, value in overrides.items():
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return resolve_paths(load_spec_dict(data, source="test"), base)
+
+
+def test_local_mode_run_tracks_and_registers(tmp_path):
+    spec = tiny_spec(tmp_path)
+    result = run_experiment(spec, storage_path=tmp_path / "runs")
+    client = MlflowClient(spec.mlflow.tracking_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert (
+        run.data.params["optim.lr"] == "0.001" and run.data.params["student.architecture"] == "detr"
+    )
+    assert run.data.tags["method"] == "none" and run.data.tags["architecture"] == "detr"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "val/AP50")) == 2
+    assert "train/loss_giou_s1" in run.data.metrics and "train/images_per_s" in run.data.metrics
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"spec.yaml", "curves.png", "model", "predictions"} <= top
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
+    assert len(images) == 4  # 2 images x 2 evaluations
+    assert result.registered_version == "1"
+    # the plain model file rebuilds with weights_only loading and no pickled code
+    payload = read_model_file(result.model_file)
+    assert payload["config"]["architecture"] == "detr" and payload["extra"][
+        "label_to_category"
+    ] == [1, 3, 7]
+
+    # the registered student loads in a fresh process and predicts exactly as before export
+    model, _ = load_model(str(result.model_file))
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model.eval()(images)
+    expected = torch.cat((out.boxes[-1], out.logits[-1].sigmoid()), dim=-1)
+    torch.save(images, tmp_path / "images.pt")
+    script = textwrap.dedent(
+        f"""
+        import mlflow.pytorch, torch
+        mlflow.set_tracking_uri({spec.mlflow.tracking_uri!r})
+        model = mlflow.pytorch.load_model("models:/tiny-model/1")
+        with torch.no_grad():
+            torch.save(model.eval()(torch.load({str(tmp_path / "images.pt")!r})), {str(tmp_path / "out.pt")!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_model_sources_and_mismatch(tmp_path):
+    spec = tiny_spec(tmp_path, epochs=1, register_as="teacher")
+    result = run_experiment(spec, storage_path=tmp_path / "runs")
+    uri = spec.mlflow.tracking_uri
+    reference, _ = load_model(str(result.model_file))
+    sources = [
+        "models:/teacher/1",
+        f"runs:/{result.mlflow_run_id}/model/model.pt",
+        str(result.model_file),
+    ]
+    for source in sources:
+        model, payload = load_model(source, tracking_uri=uri)
+        for (name, a), b in zip(
+            reference.state_dict().items(), model.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), (source, name)
+    wrong = spec.student.model_copy(update={"hidden_dim": 64}).to_model_config(3)
+    with pytest.raises(
+        UserInputError, match=r"do not fit the configured model; .*shape mismatch: "
+    ):
+        load_model("models:/teacher/1", wrong, tracking_uri=uri)
+    with pytest.raises(UserInputError, match="cannot fetch models:/nope/1"):
+        load_model("models:/nope/1", tracking_uri=uri)
+    with pytest.raises(UserInputError, match="expected runs:/<run id>/<artifact path>"):
+        load_model("runs:/abc", tracking_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monkeypatch):
+    # uninterrupted: one real Ray Train worker, two epochs
+    clean = tiny_spec(tmp_path / "a", name="clean", workers=1, register_as=None)
+    clean_result = run_experiment(clean, storage_path=tmp_path / "a" / "runs")
+    assert clean_result.metrics["epoch"] == 2
+
+    spec = tiny_spec(tmp_path / "b", name="crashy", workers=1, register_as=None)
+    monkeypatch.setenv("DETRDISTILL_FAULT_AFTER_EPOCH", "1")
+    with pytest.raises(Exception, match="fault injected after epoch 1"):
+        run_experiment(spec, storage_path=tmp_path / "b" / "runs")
+    client = MlflowClient(spec.mlflow.tracking_uri)
+    (crashed,) = client.search_runs([client.get_experiment_by_name("crashy").experiment_id])
+    assert crashed.info.status == "FAILED"
+    # the same command again continues at epoch 2 in the same MLflow run
+    resumed = run_experiment(spec, storage_path=tmp_path / "b" / "runs")
+    assert resumed.mlflow_run_id == crashed.info.run_id
+    steps = [m.step for m in client.get_metric_history(resumed.mlflow_run_id, "train/loss")]
+    assert steps == [1, 2]
+    a = read_model_file(clean_result.model_file)["state_dict"]
+    b = read_model_file(resumed.model_file)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a), (
+        "resumed weights differ from the uninterrupted run"
+    )
+    assert json.dumps(clean_result.metrics["val/AP"]) == json.dumps(resumed.metrics["val/AP"])
