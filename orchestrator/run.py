@@ -95,7 +95,7 @@ def run_experiment(
     run_key = f"{spec.name}-{run_name}"
     storage = Path(storage_path).resolve()
     uri = spec.mlflow.tracking_uri
-    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
+    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment, _artifact_root(uri))
     if restart:
         shutil.rmtree(storage / run_key, ignore_errors=True)
         tracking.delete_runs_with_key(uri, experiment_id, run_key)
@@ -158,6 +158,13 @@ def run_experiment(
     summary = RunResult(run_key, run_id, uri, metrics, _best_ap(model_file), version, model_file)
     _print_summary(summary, spec, time.monotonic() - started)
     return summary
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go to `mlartifacts/` beside the database."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 def _best_checkpoint(result, metric: str, mode: str):
