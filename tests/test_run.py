@@ -118,7 +118,7 @@ def test_model_sources_and_mismatch(tmp_path):
         str(result.model_file),
     ]
     for source in sources:
-        model, payload = load_model(source, tracking_uri=uri)
+        model, _ = load_model(source, tracking_uri=uri)
         for (name, a), b in zip(
             reference.state_dict().items(), model.state_dict().values(), strict=True
         ):

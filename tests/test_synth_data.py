@@ -72,7 +72,7 @@ def test_boxes_enclose_the_drawn_shape(tmp_path):
         pixels = np.asarray(
             Image.open(images_dir / files[ann["image_id"]]).convert("RGB"), dtype=np.float32
         )
-        x0, y0, x1, y1 = int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h))
+        x0, y0, x1, y1 = round(x), round(y), round(x + w), round(y + h)
         inside = pixels[y0:y1, x0:x1]
         colour = np.median(inside.reshape(-1, 3), axis=0) if ann["category_id"] == 3 else None
         if colour is None:
