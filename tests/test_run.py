@@ -10,6 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.checkpoints import read_model_file
+from orchestrator.cli import main
 from orchestrator.errors import UserInputError
 from orchestrator.model_source import load_model
 from orchestrator.run import run_experiment
@@ -107,7 +108,7 @@ def test_local_mode_run_tracks_and_registers(tmp_path):
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
 
 
-def test_model_sources_and_mismatch(tmp_path):
+def test_model_sources_eval_predict_and_mismatch(tmp_path, capsys):
     spec = tiny_spec(tmp_path, epochs=1, register_as="teacher")
     result = run_experiment(spec, storage_path=tmp_path / "runs")
     uri = spec.mlflow.tracking_uri
@@ -132,6 +133,36 @@ def test_model_sources_and_mismatch(tmp_path):
         load_model("models:/nope/1", tracking_uri=uri)
     with pytest.raises(UserInputError, match="expected runs:/<run id>/<artifact path>"):
         load_model("runs:/abc", tracking_uri=uri)
+
+    # eval and predict work from a registry source
+    root = next((tmp_path / "cache").glob("shapes-*"))
+    args = ["--model", "models:/teacher/1", "--tracking-uri", uri]
+    assert main(["eval", *args, "--data", str(root), "--results", str(tmp_path / "res.json")]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics) >= {"AP", "AP50"}
+    results = json.loads((tmp_path / "res.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {1, 3, 7}
+    images = sorted((root / "val").glob("*.png"))[:2]
+    out = tmp_path / "pred"
+    assert main(["predict", *args, *map(str, images), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == [p.name for p in images]
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert {p["file_name"] for p in predictions} == {p.name for p in images}
+    assert main(["predict", *args, str(tmp_path / "nope.png"), "--out", str(out)]) == 2
+
+
+def test_run_command_rejects_class_mismatch_before_starting(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: mismatch\n"
+        "data: {source: {kind: synthetic, train_images: 2, val_images: 1, image_size: 64}}\n"
+        "student: {architecture: detr, backbone: tiny, num_classes: 5}\n"
+    )
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "student.num_classes: 5 but the dataset has 3 classes" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.fixture(scope="module")
