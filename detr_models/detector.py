@@ -11,6 +11,7 @@ from torch import nn
 
 from detr_models.backbone import downsample_mask
 from detr_models.box_ops import inverse_sigmoid
+from detr_models.layers import MaskedGroupNorm
 from detr_models.output import DetrOutput, QueryGroup, StageOutputs
 from detr_models.position import PositionEmbeddingSine
 
@@ -42,6 +43,10 @@ class Detector(nn.Module):
         hidden_dim: int,
         num_queries: int,
         query_kind: str,
+        extra_levels: int = 0,
+        learned_content: bool = False,
+        class_head: nn.Module | None = None,
+        proposals: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -51,28 +56,44 @@ class Detector(nn.Module):
         self.hidden_dim = hidden_dim
         self.num_queries = num_queries
         self.query_kind = query_kind
-        self.input_proj = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(c, hidden_dim, 1), nn.GroupNorm(min(32, hidden_dim), hidden_dim)
-            )
-            for c in backbone.channels
+        channels = list(backbone.channels)
+        # extra levels (Deformable DETR's stride 64): 3x3 stride-2 convs on the last map
+        extra_in = [channels[-1]] + [hidden_dim] * (extra_levels - 1) if extra_levels else []
+        self.input_convs = nn.ModuleList(
+            [nn.Conv2d(c, hidden_dim, 1) for c in channels]
+            + [nn.Conv2d(c, hidden_dim, 3, stride=2, padding=1) for c in extra_in]
         )
-        num_levels = len(backbone.channels)
+        num_levels = len(self.input_convs)
+        self.input_norms = nn.ModuleList(
+            MaskedGroupNorm(min(32, hidden_dim), hidden_dim) for _ in range(num_levels)
+        )
         self.level_embed = (
             nn.Parameter(torch.zeros(num_levels, hidden_dim)) if num_levels > 1 else None
         )
         self.position = PositionEmbeddingSine(hidden_dim // 2)
-        self.class_head = nn.Linear(hidden_dim, num_classes)
+        self.class_head = (
+            class_head if class_head is not None else nn.Linear(hidden_dim, num_classes)
+        )
+        self.proposals = proposals
         position_dim = 4 if query_kind == "anchor" else hidden_dim
-        self.query_position = nn.Embedding(num_queries, position_dim)
+        self.query_position = nn.Embedding(num_queries, position_dim) if proposals is None else None
+        self.query_content = (
+            nn.Embedding(num_queries, hidden_dim) if learned_content and proposals is None else None
+        )
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
         # focal-loss prior: every class starts at probability 0.01
-        nn.init.constant_(self.class_head.bias, -math.log((1 - 0.01) / 0.01))
+        prior = -math.log((1 - 0.01) / 0.01)
+        heads = [*self.class_head.modules()]
+        if self.proposals is not None:
+            heads += [*self.proposals.modules()]
+        for module in heads:
+            if isinstance(module, nn.Linear) and module.out_features == self.num_classes:
+                nn.init.constant_(module.bias, prior)
         if self.level_embed is not None:
             nn.init.normal_(self.level_embed)
-        if self.query_kind == "anchor":
+        if self.query_kind == "anchor" and self.query_position is not None:
             with torch.no_grad():
                 xy = torch.rand(self.num_queries, 2)
                 wh = torch.full((self.num_queries, 2), 0.2)
@@ -84,27 +105,39 @@ class Detector(nn.Module):
         if self.query_kind == "anchor":
             position = position.sigmoid()
         position = position.unsqueeze(0).expand(batch_size, -1, -1)
-        content = position.new_zeros(batch_size, self.num_queries, self.hidden_dim)
+        if self.query_content is not None:
+            content = self.query_content.weight.unsqueeze(0).expand(batch_size, -1, -1)
+        else:
+            content = position.new_zeros(batch_size, self.num_queries, self.hidden_dim)
         return content, position
 
     def encode(self, images: torch.Tensor, pixel_mask: torch.Tensor) -> dict:
         """Backbone, projections and encoder: features per level and the flattened memory."""
-        features, masks, srcs, poss = [], [], [], []
-        for level, (feat, proj) in enumerate(
-            zip(self.backbone(images), self.input_proj, strict=True)
-        ):
-            feature = proj(feat)  # [B,D,H,W]
+        return self.encode_features(self.backbone(images), pixel_mask)
+
+    def encode_features(self, backbone_maps: list[torch.Tensor], pixel_mask: torch.Tensor) -> dict:
+        """Projections and encoder from backbone maps (split out so padding can be tested)."""
+        features, masks = [], []
+        for level, (conv, norm) in enumerate(zip(self.input_convs, self.input_norms, strict=True)):
+            if level < len(backbone_maps):
+                source = backbone_maps[level]
+            else:
+                source = backbone_maps[-1] if level == len(backbone_maps) else features[-1]
+                # padded positions must look like the conv's own zero padding
+                source = source * ~downsample_mask(pixel_mask, source.shape[-2:])[:, None]
+            feature = conv(source)  # [B,D,H,W]
             mask = downsample_mask(pixel_mask, feature.shape[-2:])  # [B,H,W]
-            pos = self.position(mask).to(feature.dtype)  # [B,D,H,W]
-            features.append(feature)
+            features.append(norm(feature, mask))
             masks.append(mask)
-            srcs.append(feature.flatten(2).transpose(1, 2))  # [B,HW,D]
-            pos = pos.flatten(2).transpose(1, 2)
+        srcs, poss = [], []
+        for level, (feature, mask) in enumerate(zip(features, masks, strict=True)):
+            pos = self.position(mask).to(feature.dtype).flatten(2).transpose(1, 2)  # [B,HW,D]
             if self.level_embed is not None:
                 pos = pos + self.level_embed[level]
+            srcs.append(feature.flatten(2).transpose(1, 2))  # [B,HW,D]
             poss.append(pos)
         shapes = torch.tensor(
-            [f.shape[-2:] for f in features], dtype=torch.long, device=images.device
+            [f.shape[-2:] for f in features], dtype=torch.long, device=pixel_mask.device
         )
         src, pos = torch.cat(srcs, 1), torch.cat(poss, 1)  # [B,S,D]
         memory_mask = torch.cat([m.flatten(1) for m in masks], 1)  # [B,S]
@@ -122,7 +155,7 @@ class Detector(nn.Module):
         self, group: QueryGroup, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         content, position = group.content, group.position
-        expected = self.query_position.embedding_dim
+        expected = 4 if self.query_kind == "anchor" else self.hidden_dim
         if position.shape[-1] != expected or content.shape[-1] != self.hidden_dim:
             kind = (
                 "anchor boxes (cxcywh)" if self.query_kind == "anchor" else "positional embeddings"
@@ -150,7 +183,14 @@ class Detector(nn.Module):
                 images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device
             )
         enc = self.encode(images, pixel_mask)
-        sets = [("", *self.main_queries(batch_size))]
+        extras: dict[str, torch.Tensor] = {}
+        if self.proposals is not None:
+            content, position, extras = self.proposals(
+                enc["memory"], enc["memory_mask"], enc["spatial_shapes"], self.num_queries
+            )
+            sets = [("", content, position)]
+        else:
+            sets = [("", *self.main_queries(batch_size))]
         sets += [(g.name, *self._group_queries(g, batch_size)) for g in query_groups or []]
         names = [name for name, _, _ in sets]
         if len(set(names)) != len(names) or "" in names[1:]:
@@ -194,4 +234,5 @@ class Detector(nn.Module):
             memory_mask=enc["memory_mask"],
             spatial_shapes=enc["spatial_shapes"],
             groups=dict(zip(names[1:], outputs[1:], strict=True)),
+            extras=extras,
         )

@@ -49,3 +49,30 @@ class ResidualNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.norm(x + self.dropout(y))
+
+
+class MaskedGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics ignore padded pixels, so padding an image into a larger
+    batch does not change its normalised features. mask [B,H,W] is True on padding."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return super().forward(x)
+        b, c, h, w = x.shape
+        valid = (~mask).to(x.dtype)[:, None]  # [B,1,H,W]
+        grouped = x.view(b, self.num_groups, c // self.num_groups, h, w)
+        weight = valid.view(b, 1, 1, h, w)
+        count = weight.sum(dim=(2, 3, 4), keepdim=True).clamp(min=1) * (c // self.num_groups)
+        mean = (grouped * weight).sum(dim=(2, 3, 4), keepdim=True) / count
+        var = (((grouped - mean) * weight) ** 2).sum(dim=(2, 3, 4), keepdim=True) / count
+        normed = ((grouped - mean) / torch.sqrt(var + self.eps)).view(b, c, h, w)
+        if self.affine:
+            normed = normed * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return normed * valid  # padding stays exactly zero
+
+
+class PerStage(nn.ModuleList):
+    """One head per decoder stage (box refinement): x [L,...] -> stack(head_l(x[l]))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([head(x[i]) for i, head in enumerate(self)])
