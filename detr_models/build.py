@@ -10,10 +10,16 @@ from torch import nn
 
 from detr_models.backbone import build_backbone
 from detr_models.conditional_decoder import ConditionalDecoder, DabDecoder
+from detr_models.deformable import (
+    DeformableDecoder,
+    DeformableEncoder,
+    TwoStageProposals,
+    deformable_box_heads,
+)
 from detr_models.detector import Detector
 from detr_models.detr_decoder import DetrDecoder
 from detr_models.encoder import TransformerEncoder
-from detr_models.layers import MLP
+from detr_models.layers import MLP, PerStage
 
 
 @dataclass
@@ -34,6 +40,12 @@ class ModelConfig:
     ffn_dim: int = 2048
     num_queries: int = 100
     dropout: float = 0.1
+    # Deformable DETR only
+    num_feature_levels: int = 4
+    num_points: int = 4
+    box_refine: bool = False
+    two_stage: bool = False
+    anchor_queries: bool = False
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> ModelConfig:
@@ -106,10 +118,63 @@ def build_dab_detr(c: ModelConfig) -> Detector:
     return _assemble(c, DabDecoder, "anchor", zero_box_head=True)
 
 
+def build_deformable_detr(c: ModelConfig) -> Detector:
+    """Deformable DETR with its variants: box refinement, two-stage, DAB-Deformable anchors."""
+    extra = c.num_feature_levels - len(c.levels)
+    if extra < 0:
+        raise ValueError(
+            f"num_feature_levels {c.num_feature_levels} is less than the {len(c.levels)} backbone levels"
+        )
+    backbone = build_backbone(
+        c.backbone, c.levels, c.frozen_stages, c.backbone_weights, c.tiny_width
+    )
+    levels, points = c.num_feature_levels, c.num_points
+    encoder = DeformableEncoder(
+        c.hidden_dim, c.num_heads, c.ffn_dim, c.encoder_layers, c.dropout, levels, points
+    )
+    anchors = c.anchor_queries or c.two_stage
+    box_head = deformable_box_heads(
+        c.hidden_dim, c.decoder_layers, c.box_refine, start_small=not anchors
+    )
+    decoder = DeformableDecoder(
+        c.hidden_dim,
+        c.num_heads,
+        c.ffn_dim,
+        c.decoder_layers,
+        c.dropout,
+        box_head,
+        levels,
+        points,
+        anchor_queries=anchors,
+        box_refine=c.box_refine,
+    )
+    if c.box_refine:
+        class_head = PerStage(
+            nn.Linear(c.hidden_dim, c.num_classes) for _ in range(c.decoder_layers)
+        )
+    else:
+        class_head = nn.Linear(c.hidden_dim, c.num_classes)
+    proposals = TwoStageProposals(c.hidden_dim, c.num_classes) if c.two_stage else None
+    return Detector(
+        backbone,
+        encoder,
+        decoder,
+        c.num_classes,
+        c.hidden_dim,
+        c.num_queries,
+        "anchor" if anchors else "position",
+        extra_levels=extra,
+        learned_content=True,
+        class_head=class_head,
+        proposals=proposals,
+    )
+
+
 BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "detr": build_detr,
     "conditional_detr": build_conditional_detr,
     "dab_detr": build_dab_detr,
+    "deformable_detr": build_deformable_detr,
 }
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from detr_models.criterion import SetCriterion
+from detr_models.output import StageOutputs
 from detr_models.postprocess import PostProcess
 from orchestrator.evaluation import CocoEvaluator
 from orchestrator.loader import Batch
@@ -48,7 +49,10 @@ class Objective(Protocol):
 
 
 class DetectionObjective:
-    """Plain set-prediction training of the model against ground truth (`distill: none`)."""
+    """Plain set-prediction training of the model against ground truth (`distill: none`).
+
+    Two-stage models also train their encoder proposals (`enc_` losses), as Deformable DETR does.
+    """
 
     def __init__(self, criterion: SetCriterion) -> None:
         self.criterion = criterion
@@ -58,10 +62,27 @@ class DetectionObjective:
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         out = model(batch.images, batch.pixel_mask)
         losses, _ = self.criterion(out, batch.targets)
+        losses.update(encoder_proposal_losses(self.criterion, out, batch.targets))
         return losses, {}
 
     def after_step(self) -> None:
         pass
+
+
+def encoder_proposal_losses(criterion: SetCriterion, out: Any, targets: list[dict]) -> dict[str, torch.Tensor]:
+    """Set losses on a two-stage model's per-token encoder predictions (empty otherwise)."""
+    if "enc_logits" not in out.extras:
+        return {}
+    proposals = StageOutputs(
+        out.extras["enc_logits"][None], out.extras["enc_boxes"][None], None, None, None, None
+    )
+    saved = criterion.stage_weights
+    criterion.stage_weights = None  # one stage here, whatever the decoder's weights are
+    try:
+        losses, _ = criterion(proposals, targets, prefix="enc_")
+    finally:
+        criterion.stage_weights = saved
+    return losses
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -1,0 +1,272 @@
+"""Deformable DETR's encoder, decoder and two-stage proposals.
+
+Variants are switches: iterative box refinement (a box head per stage, references detached
+between stages), DAB-Deformable anchor queries (4-D anchors, positional query from the anchor's
+sine embedding), and two-stage (queries from the top-scoring encoder tokens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from detr_models.attention import SelfAttention
+from detr_models.box_ops import inverse_sigmoid
+from detr_models.deformable_attention import MultiScaleDeformableAttention, valid_ratios
+from detr_models.detr_decoder import DecoderOutput
+from detr_models.layers import MLP, FeedForward, PerStage, ResidualNorm
+from detr_models.position import sine_encode
+
+
+def level_valid_ratios(memory_mask: torch.Tensor, spatial_shapes: torch.Tensor) -> torch.Tensor:
+    """Flattened padding mask [B,S] -> valid (w, h) share of every level [B,L,2]."""
+    sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    masks = memory_mask.split([h * w for h, w in sizes], dim=1)
+    return torch.stack(
+        [
+            valid_ratios(
+                m.view(-1, h, w),
+                memory_mask.dtype if memory_mask.is_floating_point() else torch.float32,
+            )
+            for m, (h, w) in zip(masks, sizes, strict=True)
+        ],
+        dim=1,
+    )
+
+
+def encoder_reference_points(spatial_shapes: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
+    """Pixel centres of every level, normalised to the valid region, seen from every level.
+
+    ratios [B,L,2] -> [B,S,L,2] (x, y).
+    """
+    refs = []
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=ratios.device, dtype=ratios.dtype) + 0.5,
+            torch.arange(w, device=ratios.device, dtype=ratios.dtype) + 0.5,
+            indexing="ij",
+        )
+        x = xs.reshape(1, -1) / (ratios[:, None, level, 0] * w)  # [B,HW]
+        y = ys.reshape(1, -1) / (ratios[:, None, level, 1] * h)
+        refs.append(torch.stack((x, y), dim=-1))
+    points = torch.cat(refs, dim=1)  # [B,S,2]
+    return points[:, :, None] * ratios[:, None]  # [B,S,L,2]
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Multi-scale deformable self-attention over all levels' tokens, then feed-forward."""
+
+    def __init__(
+        self, dim: int, heads: int, ffn_dim: int, dropout: float, levels: int, points: int
+    ) -> None:
+        super().__init__()
+        self.attn = MultiScaleDeformableAttention(dim, heads, levels, points)
+        self.attn_out = ResidualNorm(dim, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, dropout)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, padding_mask):
+        attended = self.attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
+        return self.ffn(self.attn_out(src, attended))
+
+
+class DeformableEncoder(nn.Module):
+    """src/pos [B,S,D], padding_mask [B,S], spatial_shapes [L,2] -> memory [B,S,D]."""
+
+    def __init__(self, dim, heads, ffn_dim, num_layers, dropout, levels, points) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(dim, heads, ffn_dim, dropout, levels, points)
+            for _ in range(num_layers)
+        )
+
+    def forward(self, src, pos, padding_mask, spatial_shapes):
+        ratios = level_valid_ratios(padding_mask, spatial_shapes).to(src.dtype)
+        refs = encoder_reference_points(spatial_shapes, ratios)
+        for layer in self.layers:
+            src = layer(src, pos, refs, spatial_shapes, padding_mask)
+        return src
+
+
+class DeformableDecoderLayer(nn.Module):
+    """Self-attention among queries, deformable cross-attention into the memory, feed-forward."""
+
+    def __init__(self, dim, heads, ffn_dim, dropout, levels, points) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(dim, heads, dropout)
+        self.self_out = ResidualNorm(dim, dropout)
+        self.cross_attn = MultiScaleDeformableAttention(dim, heads, levels, points)
+        self.cross_out = ResidualNorm(dim, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, dropout)
+
+    def forward(
+        self, tgt, query_pos, reference_points, memory, spatial_shapes, memory_mask, self_attn_mask
+    ):
+        q = tgt + query_pos
+        tgt = self.self_out(tgt, self.self_attn(q, q, tgt, attn_mask=self_attn_mask))
+        attended = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, memory_mask
+        )
+        return self.ffn(self.cross_out(tgt, attended))
+
+
+class DeformableDecoder(nn.Module):
+    """Deformable decoder. position is a positional embedding [B,Q,D] (reference points from a
+    linear head) or, with `anchor_queries`, anchor boxes [B,Q,4] (positional query from their
+    sine embedding, DAB-style). `box_refine` updates the references stage by stage.
+
+    references [L,B,Q,4]: what entered each stage; a 2-D reference point has w = h = 0.
+    """
+
+    def __init__(
+        self,
+        dim,
+        heads,
+        ffn_dim,
+        num_layers,
+        dropout,
+        box_head,
+        levels=4,
+        points=4,
+        anchor_queries=False,
+        box_refine=False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DeformableDecoderLayer(dim, heads, ffn_dim, dropout, levels, points)
+            for _ in range(num_layers)
+        )
+        self.box_head = box_head
+        self.anchor_queries = anchor_queries
+        self.box_refine = box_refine
+        self.dim = dim
+        self.position_dim = 4 if anchor_queries else dim
+        if anchor_queries:
+            self.reference_head = MLP(2 * dim, dim, dim, 2)
+            self.query_scale = MLP(dim, dim, dim, 2)
+        else:
+            self.reference_head = nn.Linear(dim, 2)
+            nn.init.xavier_uniform_(self.reference_head.weight)
+            nn.init.zeros_(self.reference_head.bias)
+
+    def _box_head(self, i: int) -> nn.Module:
+        return self.box_head[i] if isinstance(self.box_head, PerStage) else self.box_head
+
+    def forward(
+        self,
+        content,
+        position,
+        memory,
+        memory_pos,
+        memory_mask,
+        self_attn_mask=None,
+        spatial_shapes=None,
+    ):
+        ratios = level_valid_ratios(memory_mask, spatial_shapes).to(memory.dtype)  # [B,L,2]
+        ref = position if self.anchor_queries else self.reference_head(position).sigmoid()
+        out = content
+        hidden, boxes, references = [], [], []
+        for i, layer in enumerate(self.layers):
+            scale = torch.cat((ratios, ratios), -1) if ref.shape[-1] == 4 else ratios
+            ref_input = ref[:, :, None] * scale[:, None]  # [B,Q,L,2|4]
+            if self.anchor_queries:
+                query_pos = self.reference_head(sine_encode(ref, self.dim // 2))
+                if i > 0:
+                    query_pos = query_pos * self.query_scale(out)
+            else:
+                query_pos = position
+            out = layer(
+                out, query_pos, ref_input, memory, spatial_shapes, memory_mask, self_attn_mask
+            )
+            delta = self._box_head(i)(out)  # [B,Q,4]
+            if ref.shape[-1] == 4:
+                new = (delta + inverse_sigmoid(ref)).sigmoid()
+            else:
+                new = torch.cat(
+                    (delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]), -1
+                ).sigmoid()
+            hidden.append(out)
+            boxes.append(new)
+            references.append(
+                ref if ref.shape[-1] == 4 else torch.cat((ref, torch.zeros_like(ref)), -1)
+            )
+            if self.box_refine:
+                ref = new.detach()
+        return DecoderOutput(torch.stack(hidden), torch.stack(boxes), torch.stack(references))
+
+
+def proposal_anchors(
+    memory_mask: torch.Tensor, spatial_shapes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One anchor box per encoder token: its pixel centre in the valid region and a size of
+    0.05 * 2^level. Returns (anchors in logit space [B,S,4], usable [B,S])."""
+    ratios = level_valid_ratios(memory_mask, spatial_shapes)  # [B,L,2]
+    anchors = []
+    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=memory_mask.device, dtype=torch.float32) + 0.5,
+            torch.arange(w, device=memory_mask.device, dtype=torch.float32) + 0.5,
+            indexing="ij",
+        )
+        x = xs.reshape(1, -1) / (ratios[:, None, level, 0] * w)  # [B,HW]
+        y = ys.reshape(1, -1) / (ratios[:, None, level, 1] * h)
+        size = torch.full_like(x, 0.05 * 2.0**level)
+        anchors.append(torch.stack((x, y, size, size), dim=-1))
+    boxes = torch.cat(anchors, dim=1)  # [B,S,4]
+    usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1) & ~memory_mask
+    return inverse_sigmoid(boxes.clamp(0, 1)), usable
+
+
+class TwoStageProposals(nn.Module):
+    """Queries from the encoder: every token predicts a class and a box refining its anchor;
+    the top-k tokens by class score become the decoder's anchors (detached), with content from
+    their boxes' sine embedding. The selected token indices identify the queries."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.memory_proj = nn.Linear(dim, dim)
+        self.memory_norm = nn.LayerNorm(dim)
+        self.class_head = nn.Linear(dim, num_classes)
+        self.box_head = MLP(dim, dim, 4, 3)
+        nn.init.zeros_(self.box_head.layers[-1].weight)
+        nn.init.zeros_(self.box_head.layers[-1].bias)
+        self.content_proj = nn.Linear(2 * dim, dim)
+        self.content_norm = nn.LayerNorm(dim)
+        self.dim = dim
+
+    def forward(self, memory, memory_mask, spatial_shapes, num_queries):
+        anchors, usable = proposal_anchors(memory_mask, spatial_shapes)
+        tokens = self.memory_norm(self.memory_proj(memory * usable[..., None]))  # [B,S,D]
+        logits = self.class_head(tokens)  # [B,S,C]
+        unact = self.box_head(tokens) + anchors.to(tokens.dtype)
+        boxes = unact.masked_fill(~usable[..., None], 0).sigmoid()  # [B,S,4]
+        scores = logits.max(-1).values.masked_fill(~usable, -math.inf)
+        k = min(num_queries, scores.shape[1])
+        selected = scores.topk(k, dim=1).indices  # [B,k]
+        anchor = torch.gather(boxes, 1, selected[..., None].expand(-1, -1, 4)).detach()  # [B,k,4]
+        content = self.content_norm(self.content_proj(sine_encode(anchor, self.dim // 2)))
+        extras = {
+            "enc_logits": logits,
+            "enc_boxes": boxes,
+            "enc_usable": usable,
+            "selected_tokens": selected,
+        }
+        return content, anchor, extras
+
+
+def deformable_box_heads(dim: int, num_layers: int, refine: bool, start_small: bool) -> nn.Module:
+    """Box heads: one per stage with refinement, else one shared. The last layer starts at
+    zero (boxes start at the reference); `start_small` gives point references w = h = 0.12."""
+
+    def head(first: bool) -> MLP:
+        mlp = MLP(dim, dim, 4, 3)
+        nn.init.zeros_(mlp.layers[-1].weight)
+        nn.init.zeros_(mlp.layers[-1].bias)
+        if start_small and first:
+            nn.init.constant_(mlp.layers[-1].bias[2:], -2.0)
+        return mlp
+
+    if refine:
+        return PerStage(head(i == 0) for i in range(num_layers))
+    return head(True)
