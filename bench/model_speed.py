@@ -19,12 +19,32 @@ from detr_models.build import ModelConfig, build_model, tiny_config
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 
-ARCHITECTURES = ("detr", "conditional_detr", "dab_detr")
+# name -> (architecture, extra config)
+VARIANTS = {
+    "detr": ("detr", {}),
+    "conditional_detr": ("conditional_detr", {}),
+    "dab_detr": ("dab_detr", {}),
+    "deformable": ("deformable_detr", {}),
+    "deformable+refine": ("deformable_detr", {"box_refine": True}),
+    "deformable two-stage": ("deformable_detr", {"box_refine": True, "two_stage": True}),
+    "dab-deformable": ("deformable_detr", {"box_refine": True, "anchor_queries": True}),
+}
+DEFORMABLE_TINY = {"levels": ["C3", "C4", "C5"]}
+DEFORMABLE_R50 = {"levels": ["C3", "C4", "C5"], "ffn_dim": 1024}
 
 
-def configs(arch: str) -> dict[str, ModelConfig]:
-    r50 = ModelConfig(architecture=arch, num_classes=80, num_queries=100 if arch == "detr" else 300)
-    return {"tiny": tiny_config(arch), "resnet50": r50}
+def configs(name: str) -> dict[str, ModelConfig]:
+    arch, extra = VARIANTS[name]
+    deformable = arch == "deformable_detr"
+    tiny = tiny_config(arch, **extra, **(DEFORMABLE_TINY if deformable else {}))
+    r50 = ModelConfig(
+        architecture=arch,
+        num_classes=80,
+        num_queries=100 if arch == "detr" else 300,
+        **extra,
+        **(DEFORMABLE_R50 if deformable else {}),
+    )
+    return {"tiny": tiny, "resnet50": r50}
 
 
 def time_step(
@@ -70,17 +90,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--configs", nargs="+", default=["tiny", "resnet50"])
     args = parser.parse_args()
     torch.manual_seed(0)
     header = ["arch", "config", "params (M)"]
     header += [f"{kind} {s}px (ms/img)" for s in args.sizes for kind in ("fwd", "fwd+bwd")]
     rows = []
-    for arch in ARCHITECTURES:
-        for name, config in configs(arch).items():
+    for variant in args.variants:
+        for name, config in configs(variant).items():
+            if name not in args.configs:
+                continue
             model = build_model(config).to(args.device)
             criterion = SetCriterion(config.num_classes, HungarianMatcher())
             params = sum(p.numel() for p in model.parameters()) / 1e6
-            row = [arch, name, f"{params:.2f}"]
+            row = [variant, name, f"{params:.2f}"]
             for size in args.sizes:
                 fwd, step = time_step(model, criterion, size, args.batch, args.repeats, args.device)
                 row += [f"{fwd * 1000:.1f}", f"{step * 1000:.1f}"]

@@ -223,17 +223,34 @@ def backbone_parameter(name: str) -> bool:
     return name.startswith("backbone.")
 
 
+def offset_parameter(name: str) -> bool:
+    """Deformable DETR trains sampling offsets and reference heads at a reduced rate."""
+    return "sampling_offsets" in name or "decoder.reference_head" in name
+
+
 def build_optimizer(
-    model: nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float
+    model: nn.Module,
+    lr: float,
+    backbone_lr_mult: float,
+    weight_decay: float,
+    offset_lr_mult: float = 1.0,
+    extra_modules: list[nn.Module] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW with the backbone at `lr * backbone_lr_mult` (frozen parameters left out)."""
-    groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+    """AdamW with the backbone at `lr * backbone_lr_mult` and deformable sampling offsets at
+    `lr * offset_lr_mult` (frozen parameters left out; a multiplier of 0 freezes the group).
+    `extra_modules` (e.g. distillation adapters) train at the base rate."""
+    groups: dict[str, list[nn.Parameter]] = {"base": [], "backbone": [], "offsets": []}
     for name, param in unwrap(model).named_parameters():
-        if param.requires_grad:
-            groups[backbone_parameter(name)].append(param)
-    param_groups = [{"params": groups[False], "lr": lr}]
-    if groups[True] and backbone_lr_mult > 0:
-        param_groups.append({"params": groups[True], "lr": lr * backbone_lr_mult})
+        if not param.requires_grad:
+            continue
+        key = "backbone" if backbone_parameter(name) else "offsets" if offset_parameter(name) else "base"
+        groups[key].append(param)
+    for module in extra_modules or []:
+        groups["base"] += [p for p in module.parameters() if p.requires_grad]
+    param_groups = [{"params": groups["base"], "lr": lr, "name": "base"}]
+    for key, mult in (("backbone", backbone_lr_mult), ("offsets", offset_lr_mult)):
+        if groups[key] and mult > 0:
+            param_groups.append({"params": groups[key], "lr": lr * mult, "name": key})
     return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
 
 

@@ -125,8 +125,35 @@ class DabDetrSpec(ModelSpecBase):
     num_queries: PositiveInt = 300
 
 
+class DeformableDetrSpec(ModelSpecBase):
+    """Deformable DETR; `box_refine`, `two_stage` and `anchor_queries` (DAB-Deformable) are its
+    variants. `num_feature_levels` counts the backbone levels plus extra stride-2 levels."""
+
+    architecture: Literal["deformable_detr"] = "deformable_detr"
+    levels: list[Literal["C2", "C3", "C4", "C5"]] = Field(
+        default_factory=lambda: ["C3", "C4", "C5"], min_length=1
+    )
+    num_queries: PositiveInt = 300
+    ffn_dim: PositiveInt = 1024
+    num_feature_levels: PositiveInt = 4
+    num_points: PositiveInt = 4
+    box_refine: bool = False
+    two_stage: bool = False
+    anchor_queries: bool = False
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> DeformableDetrSpec:
+        if self.num_feature_levels < len(self.levels):
+            raise ValueError(
+                f"num_feature_levels {self.num_feature_levels} is less than the "
+                f"{len(self.levels)} backbone levels {self.levels}"
+            )
+        return self
+
+
 ModelSpec = Annotated[
-    DetrSpec | ConditionalDetrSpec | DabDetrSpec, Field(discriminator="architecture")
+    DetrSpec | ConditionalDetrSpec | DabDetrSpec | DeformableDetrSpec,
+    Field(discriminator="architecture"),
 ]
 
 
@@ -159,6 +186,9 @@ class OptimSpec(Section):
 
     lr: PositiveFloat = 1e-4
     backbone_lr_mult: NonNegFloat = 0.1
+    offset_lr_mult: NonNegFloat = Field(
+        1.0, description="Deformable DETR: sampling offsets and reference heads (paper: 0.1)"
+    )
     weight_decay: NonNegFloat = 1e-4
     clip_grad_norm: NonNegFloat = Field(0.1, description="0 disables clipping")
     warmup_iters: NonNegInt = 0

@@ -149,7 +149,9 @@ def run_training(
         else min(len(loader), spec.train.max_iters_per_epoch)
     )
     optim = spec.optim
-    optimizer = build_optimizer(model, optim.lr, optim.backbone_lr_mult, optim.weight_decay)
+    optimizer = build_optimizer(
+        model, optim.lr, optim.backbone_lr_mult, optim.weight_decay, optim.offset_lr_mult
+    )
     scheduler = build_scheduler(
         optimizer,
         optim.schedule,
