@@ -199,7 +199,8 @@ def run_training(
         )
         metrics = {f"train/{k}": v for k, v in train_metrics.items()}
         last = epoch + 1 == spec.train.epochs
-        if (epoch + 1) % spec.train.eval_interval == 0 or last:
+        evaluated = (epoch + 1) % spec.train.eval_interval == 0 or last
+        if evaluated:
             keep = spec.mlflow.log_images if run_logger is not None else 0
             scores, samples = evaluate(
                 model, val_loader, evaluator, device, amp=spec.train.amp, keep_images=keep
@@ -211,15 +212,16 @@ def run_training(
                 )
             if run_logger is not None:
                 _log_samples(run_logger, samples, val_set.class_names, epoch + 1)
-        metrics.update(state["last_eval"])
-        metrics["epoch"] = epoch + 1
-        for key, value in metrics.items():
+        fresh = dict(metrics, **(state["last_eval"] if evaluated else {}), epoch=epoch + 1)
+        for key, value in fresh.items():
             state["history"].setdefault(key, []).append((epoch + 1, float(value)))
+        if run_logger is not None:
+            run_logger.metrics(fresh, step=epoch + 1)  # validation only where it was measured
+        # Ray ranks checkpoints by the score metric, so every report carries the latest one
+        metrics = dict(fresh, **state["last_eval"])
         ap = state["last_eval"].get("val/AP")
         if ap is not None and (state["best"] is None or ap > state["best"]):
             state["best"] = ap
-        if run_logger is not None:
-            run_logger.metrics(metrics, step=epoch + 1)
         rngs = [checkpoints.rng_state()]
         if world > 1:
             gathered: list[Any] = [None] * world
