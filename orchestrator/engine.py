@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from detr_models.criterion import SetCriterion
@@ -69,7 +70,9 @@ class DetectionObjective:
         pass
 
 
-def encoder_proposal_losses(criterion: SetCriterion, out: Any, targets: list[dict]) -> dict[str, torch.Tensor]:
+def encoder_proposal_losses(
+    criterion: SetCriterion, out: Any, targets: list[dict]
+) -> dict[str, torch.Tensor]:
     """Set losses on a two-stage model's per-token encoder predictions (empty otherwise)."""
     if "enc_logits" not in out.extras:
         return {}
@@ -83,6 +86,18 @@ def encoder_proposal_losses(criterion: SetCriterion, out: Any, targets: list[dic
     finally:
         criterion.stage_weights = saved
     return losses
+
+
+def _sync_objective_gradients(objective: Any) -> None:
+    """Average the gradients of an objective's own parameters (distillation adapters) over
+    workers: they live outside the DDP-wrapped student, so DDP does not do it."""
+    if not (isinstance(objective, nn.Module) and dist.is_available() and dist.is_initialized()):
+        return
+    world = dist.get_world_size()
+    for param in objective.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= world
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -129,6 +144,7 @@ def train_one_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _sync_objective_gradients(objective)
         if clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
@@ -243,7 +259,13 @@ def build_optimizer(
     for name, param in unwrap(model).named_parameters():
         if not param.requires_grad:
             continue
-        key = "backbone" if backbone_parameter(name) else "offsets" if offset_parameter(name) else "base"
+        key = (
+            "backbone"
+            if backbone_parameter(name)
+            else "offsets"
+            if offset_parameter(name)
+            else "base"
+        )
         groups[key].append(param)
     for module in extra_modules or []:
         groups["base"] += [p for p in module.parameters() if p.requires_grad]

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detr_models.build import ModelConfig
+from orchestrator.distill_spec import DetrDistillSpec
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -177,7 +178,7 @@ class NoDistill(Section):
         return False
 
 
-DistillSpec = Annotated[NoDistill, Field(discriminator="method")]
+DistillSpec = Annotated[NoDistill | DetrDistillSpec, Field(discriminator="method")]
 
 
 # ----------------------------------------------------------------------------- training
@@ -271,6 +272,7 @@ class ExperimentSpec(Section):
                     f"distill.method {self.distill.method!r} needs a teacher; add a 'teacher' section",
                 )
             )
+        problems += _distill_stage_problems(self)
         stages = self.train.loss.stage_weights
         if stages is not None and len(stages) != self.student.decoder_layers:
             problems.append(
@@ -281,3 +283,26 @@ class ExperimentSpec(Section):
                 )
             )
         return problems
+
+
+def _distill_stage_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """Explicit per-stage weight lists must have one entry per stage they weigh."""
+    if spec.distill.method != "detrdistill" or spec.teacher is None:
+        return []
+    problems = []
+    counts = {
+        "logits": spec.student.decoder_layers,
+        "feature": spec.teacher.model.decoder_layers,
+        "query_prior": spec.student.decoder_layers,
+    }
+    for term, count in counts.items():
+        weights = getattr(spec.distill, term).stage_weights
+        if isinstance(weights, list) and len(weights) != count:
+            owner = "teacher" if term == "feature" else "student"
+            problems.append(
+                (
+                    f"distill.{term}.stage_weights",
+                    f"has {len(weights)} entries but the {owner} has {count} decoder stages",
+                )
+            )
+    return problems

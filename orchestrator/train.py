@@ -96,17 +96,57 @@ class RayTrainReporter:
 
 
 def build_objective(spec: ExperimentSpec, num_classes: int, device: torch.device) -> Objective:
-    """The training objective of `spec.distill.method` (distillation issues add theirs here)."""
-    matcher = HungarianMatcher(
-        spec.train.matcher.cost_class, spec.train.matcher.cost_bbox, spec.train.matcher.cost_giou
-    )
+    """The training objective of `spec.distill.method`; distillers bring their frozen teacher."""
+    m = spec.train.matcher
+    matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou)
     loss = spec.train.loss
     criterion = SetCriterion(
         num_classes, matcher, loss.cls, loss.bbox, loss.giou, stage_weights=loss.stage_weights
     )
     if spec.distill.method == "none":
         return DetectionObjective(criterion)
+    if spec.distill.method == "detrdistill":
+        from distill.detrdistill import DETRDistill
+        from orchestrator.model_source import load_model
+
+        teacher_config = spec.teacher.model.to_model_config(num_classes)
+        teacher, _ = load_model(spec.teacher.weights, teacher_config, spec.mlflow.tracking_uri)
+        student_config = spec.student.to_model_config(num_classes)
+        objective = DETRDistill(
+            teacher.to(device),
+            teacher_config,
+            student_config,
+            criterion,
+            detrdistill_config(spec.distill),
+        )
+        return objective.to(device)
     raise ValueError(f"distill.method {spec.distill.method!r} is not available in this build")
+
+
+def detrdistill_config(section: Any) -> Any:
+    """The spec's distill section as distill's plain config objects."""
+    from distill.detrdistill import DETRDistillConfig, TermConfig
+    from distill.schedules import Schedule
+
+    def term(t: Any) -> TermConfig:
+        return TermConfig(
+            t.enabled,
+            t.weight,
+            t.cls,
+            t.bbox,
+            t.giou,
+            t.stage_weights,
+            Schedule(**t.schedule.model_dump()),
+        )
+
+    return DETRDistillConfig(
+        term(section.logits),
+        term(section.feature),
+        term(section.query_prior),
+        section.last_teacher_stage,
+        section.feature.top_k,
+        section.feature.floor,
+    )
 
 
 def _device(spec: ExperimentSpec) -> torch.device:
@@ -149,8 +189,9 @@ def run_training(
         else min(len(loader), spec.train.max_iters_per_epoch)
     )
     optim = spec.optim
+    adapters = [objective] if isinstance(objective, nn.Module) else []
     optimizer = build_optimizer(
-        model, optim.lr, optim.backbone_lr_mult, optim.weight_decay, optim.offset_lr_mult
+        model, optim.lr, optim.backbone_lr_mult, optim.weight_decay, optim.offset_lr_mult, adapters
     )
     scheduler = build_scheduler(
         optimizer,
@@ -166,6 +207,8 @@ def run_training(
     if resume is not None:
         saved = checkpoints.load_training_state(resume)
         model.load_state_dict(saved["model"])
+        if adapters and saved.get("objective") is not None:
+            objective.load_state_dict(saved["objective"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         checkpoints.set_rng_state(saved["rng"][min(rank, len(saved["rng"]) - 1)])
@@ -180,6 +223,14 @@ def run_training(
     evaluator = CocoEvaluator(val_set.coco, val_set.label_to_category)
     log = _print_progress if rank == 0 else None
     metrics: dict[str, float] = {}
+    teacher = getattr(objective, "teacher_model", None)
+    if teacher is not None and resume is None:
+        # how good the teacher is on this validation set, once, so runs can be compared
+        scores, _ = evaluate(teacher, val_loader, evaluator, device, amp=spec.train.amp)
+        if rank == 0:
+            print(format_metrics_table(scores, title="teacher on the validation set"), flush=True)
+        if run_logger is not None:
+            run_logger.metrics({f"teacher/{k}": scores[k] for k in METRIC_NAMES}, step=0)
     for epoch in range(state["epoch"], spec.train.epochs):
         set_epoch(loader, epoch)
         train_metrics = train_one_epoch(
@@ -230,7 +281,9 @@ def run_training(
         checkpoint_dir = None
         if rank == 0:
             checkpoint_dir = reporter.new_checkpoint_dir(epoch + 1)
-            _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, rngs, epoch + 1, state)
+            _save_checkpoint(
+                checkpoint_dir, model, objective, optimizer, scheduler, rngs, epoch + 1, state
+            )
             extra = {
                 "class_names": val_set.class_names,
                 "label_to_category": val_set.label_to_category,
@@ -247,11 +300,15 @@ def run_training(
     return metrics
 
 
-def _save_checkpoint(directory, model, optimizer, scheduler, rngs, epoch: int, state: dict) -> None:
+def _save_checkpoint(
+    directory, model, objective, optimizer, scheduler, rngs, epoch: int, state: dict
+) -> None:
     checkpoints.save_training_state(
         directory,
         {
             "model": unwrap(model).state_dict(),
+            # distillation adapters (the teacher is never saved: its source is in the spec)
+            "objective": objective.state_dict() if isinstance(objective, nn.Module) else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rngs,

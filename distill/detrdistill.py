@@ -1,0 +1,224 @@
+"""DETRDistill (Chang et al., ICCV 2023): offline teacher -> student distillation with
+A. Hungarian-matching logits distillation stage by stage, B. target-aware feature distillation
+and C. query-prior assignment distillation (see shared/METHODS.md).
+
+The objective runs the frozen teacher on the same batch, the student with the teacher's
+queries as an extra group, and returns the student's detection losses plus every weighted,
+scheduled distillation term (`distill_*` keys) and diagnostics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from detr_models.backbone import STRIDES
+from detr_models.build import ModelConfig
+from detr_models.criterion import SetCriterion
+from distill.feature_distill import FeatureAdapter, feature_distillation_loss, target_aware_mask
+from distill.logits_distill import logits_distillation_loss
+from distill.query_prior import GROUP_NAME, QueryTranslator, teacher_assignments
+from distill.schedules import Schedule, map_stages, stage_weights
+
+
+@dataclass
+class TermConfig:
+    """One distillation component: on/off, weight, sub-weights, stage weights, schedule."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    cls: float = 1.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    stages: str | Sequence[float] = "uniform"
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+@dataclass
+class DETRDistillConfig:
+    logits: TermConfig = field(default_factory=TermConfig)
+    feature: TermConfig = field(default_factory=TermConfig)
+    query_prior: TermConfig = field(default_factory=lambda: TermConfig(cls=2.0))
+    last_teacher_stage: bool = False  # option: the last teacher stage supervises every stage
+    top_k: int = 100
+    floor: float = 0.01
+
+
+def feature_strides(config: ModelConfig) -> list[int]:
+    """Stride of every encoder input level of a model config (extra levels double the last)."""
+    strides = [STRIDES[level] for level in sorted(config.levels, key=list(STRIDES).index)]
+    extra = (
+        config.num_feature_levels - len(strides) if config.architecture == "deformable_detr" else 0
+    )
+    return strides + [strides[-1] * 2 ** (i + 1) for i in range(max(0, extra))]
+
+
+def query_kind(config: ModelConfig) -> str:
+    anchors = config.architecture == "dab_detr" or (
+        config.architecture == "deformable_detr" and (config.two_stage or config.anchor_queries)
+    )
+    return "anchor" if anchors else "position"
+
+
+class DETRDistill(nn.Module):
+    """The DETRDistill training objective. Its own parameters are the adapters (feature 1x1
+    convs, query translators), which train with the student and are not part of it."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        teacher_config: ModelConfig,
+        student_config: ModelConfig,
+        criterion: SetCriterion,
+        config: DETRDistillConfig,
+    ) -> None:
+        super().__init__()
+        teacher.eval().requires_grad_(False)
+        self.teacher = [teacher]  # a list hides it from .parameters() and .state_dict()
+        self.criterion = criterion
+        self.config = config
+        self.student_stages = student_config.decoder_layers
+        self.teacher_stages = teacher_config.decoder_layers
+        t_strides, s_strides = feature_strides(teacher_config), feature_strides(student_config)
+        # levels pair up by stride; unmatched levels are not distilled
+        self.level_pairs = [
+            (s_strides.index(s), t_strides.index(s)) for s in s_strides if s in t_strides
+        ]
+        if config.feature.enabled and not self.level_pairs:
+            raise ValueError(
+                f"distill.feature: student levels (strides {s_strides}) share no stride with the "
+                f"teacher's ({t_strides}); give them a common level or disable the feature term"
+            )
+        width_t, width_s = teacher_config.hidden_dim, student_config.hidden_dim
+        self.feature_adapters = nn.ModuleList(
+            FeatureAdapter(width_s, width_t) for _ in self.level_pairs
+        )
+        self.query_translator = QueryTranslator(
+            width_t, query_kind(teacher_config), width_s, query_kind(student_config)
+        )
+        prior = config.query_prior
+        self.prior_criterion = SetCriterion(
+            criterion.num_classes,
+            criterion.matcher,
+            prior.cls,
+            prior.bbox,
+            prior.giou,
+            criterion.focal_alpha,
+            criterion.focal_gamma,
+            stage_weights(prior.stages, self.student_stages),
+        )
+        if config.last_teacher_stage:
+            self.stage_map = [self.teacher_stages - 1] * self.student_stages
+        else:
+            self.stage_map = map_stages(self.student_stages, self.teacher_stages)
+
+    @property
+    def teacher_model(self) -> nn.Module:
+        return self.teacher[0]
+
+    def after_step(self) -> None:
+        pass
+
+    def forward(
+        self, model: nn.Module, batch, progress
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        cfg = self.config
+        epoch = progress.epoch + progress.iteration / max(1, progress.iters_per_epoch)
+        scale = {
+            name: term.weight * term.schedule(epoch, progress.fraction) if term.enabled else 0.0
+            for name, term in (
+                ("logits", cfg.logits),
+                ("feature", cfg.feature),
+                ("query_prior", cfg.query_prior),
+            )
+        }
+        teacher = self.teacher_model
+        teacher.eval()
+        with torch.no_grad():
+            t_out = teacher(batch.images, batch.pixel_mask)
+        groups = [self.query_translator(t_out)] if scale["query_prior"] > 0 else None
+        s_out = model(batch.images, batch.pixel_mask, groups)
+        losses, _ = self.criterion(s_out, batch.targets)
+        diagnostics: dict[str, float] = {}
+        if scale["logits"] > 0:
+            losses.update(self._logits_terms(s_out, t_out, scale["logits"], diagnostics))
+        if scale["feature"] > 0:
+            losses.update(self._feature_terms(s_out, t_out, batch, scale["feature"], diagnostics))
+        if scale["query_prior"] > 0:
+            losses.update(
+                self._query_prior_terms(s_out, t_out, batch.targets, scale["query_prior"])
+            )
+        for part in ("logits", "feature", "prior"):
+            keys = [k for k in losses if k.startswith(f"distill_{part}_")]
+            if keys:
+                diagnostics[f"distill_{part}_total"] = float(sum(losses[k].detach() for k in keys))
+        return losses, diagnostics
+
+    def _logits_terms(
+        self, s_out, t_out, scale: float, diagnostics: dict
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config.logits
+        weights = stage_weights(cfg.stages, self.student_stages)
+        losses, scores = {}, []
+        for k, t in enumerate(self.stage_map):
+            if weights[k] == 0:
+                continue
+            terms, indices = logits_distillation_loss(
+                s_out.logits[k],
+                s_out.boxes[k],
+                t_out.logits[t],
+                t_out.boxes[t],
+                weight_class=cfg.cls,
+                weight_bbox=cfg.bbox,
+                weight_giou=cfg.giou,
+            )
+            for name, value in terms.items():
+                losses[f"distill_logits_{name}_s{k}"] = value * scale * weights[k]
+            probs = t_out.logits[t].sigmoid().max(-1).values  # [B,Qt]
+            scores += [probs[b, j.to(probs.device)] for b, (_, j) in enumerate(indices)]
+        if scores:
+            diagnostics["distill_teacher_score"] = float(torch.cat(scores).mean())
+        return losses
+
+    def _feature_terms(
+        self, s_out, t_out, batch, scale: float, diagnostics: dict
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config.feature
+        weights = stage_weights(cfg.stages, self.teacher_stages)
+        gt = [t["boxes"] for t in batch.targets]
+        losses, coverage = {}, []
+        for j in range(self.teacher_stages):
+            if weights[j] == 0:
+                continue
+            total = 0.0
+            for adapter, (ls, lt) in zip(self.feature_adapters, self.level_pairs, strict=True):
+                t_feat, mask = t_out.features[lt], t_out.feature_masks[lt]
+                psi = target_aware_mask(
+                    t_out.logits[j],
+                    t_out.boxes[j],
+                    t_out.hidden[j],
+                    t_feat,
+                    gt,
+                    top_k=self.config.top_k,
+                    floor=self.config.floor,
+                    feature_mask=mask,
+                )
+                coverage.append(psi[~mask].mean())
+                total = total + feature_distillation_loss(
+                    adapter(s_out.features[ls]), t_feat, psi, mask
+                )
+            losses[f"distill_feature_s{j}"] = total * scale * weights[j]
+        if coverage:
+            diagnostics["distill_feature_mask_mean"] = float(torch.stack(coverage).mean())
+        return losses
+
+    def _query_prior_terms(self, s_out, t_out, targets, scale: float) -> dict[str, torch.Tensor]:
+        assignments = teacher_assignments(t_out, targets, self.criterion.matcher)
+        per_stage = [assignments[t] for t in self.stage_map]
+        terms, _ = self.prior_criterion(
+            s_out.groups[GROUP_NAME], targets, indices=per_stage, prefix="distill_prior_"
+        )
+        return {k: v * scale for k, v in terms.items()}

@@ -1,0 +1,67 @@
+"""Loss-term schedules over training and per-stage weight rules.
+
+A schedule maps training progress (epoch with its fractional part, and the share of training
+done) to a multiplier in [0, 1]; stage weights are a list or a rule. Both are spec fields, so
+Ray Tune can search them by their dotted path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+STAGE_RULES = ("uniform", "last_only", "increasing")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """kind: constant | warmup (linear 0 -> 1 over `warmup_epochs`) | step (0 before
+    `start_epoch`, 1 from it) | cosine (1 -> 0 over the whole run)."""
+
+    kind: str = "constant"
+    warmup_epochs: float = 0.0
+    start_epoch: float = 0.0
+
+    def __call__(self, epoch: float, fraction: float) -> float:
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "warmup":
+            return 1.0 if self.warmup_epochs <= 0 else min(1.0, epoch / self.warmup_epochs)
+        if self.kind == "step":
+            return 1.0 if epoch >= self.start_epoch else 0.0
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
+        raise ValueError(
+            f"unknown schedule kind {self.kind!r}; use constant, warmup, step or cosine"
+        )
+
+
+def stage_weights(rule: str | Sequence[float], num_stages: int) -> list[float]:
+    """Weights for `num_stages` stages from a list (its length must match) or a rule:
+    uniform (all 1), last_only (0 ... 0 1), increasing (k / L, last = 1)."""
+    if not isinstance(rule, str):
+        weights = [float(w) for w in rule]
+        if len(weights) != num_stages:
+            raise ValueError(
+                f"stage weights {weights} must have one entry per stage ({num_stages})"
+            )
+        return weights
+    if rule == "uniform":
+        return [1.0] * num_stages
+    if rule == "last_only":
+        return [0.0] * (num_stages - 1) + [1.0]
+    if rule == "increasing":
+        return [(k + 1) / num_stages for k in range(num_stages)]
+    raise ValueError(f"unknown stage-weight rule {rule!r}; use a list or one of {STAGE_RULES}")
+
+
+def map_stages(num_student: int, num_teacher: int) -> list[int]:
+    """The teacher stage that supervises each student stage: spread evenly, last to last.
+
+    E.g. 3 student stages under 6 teacher stages -> [1, 3, 5]; 6 under 3 -> [0, 0, 1, 1, 2, 2].
+    """
+    return [
+        min(num_teacher - 1, math.ceil((k + 1) * num_teacher / num_student) - 1)
+        for k in range(num_student)
+    ]
