@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/detrdistill data synth --out $(DEMO_DATA) --train 64 --val 16 --image-size 128 --seed 0 --force
 	$(BIN)/detrdistill data check $(DEMO_DATA) --split val --size 128 --max-size 213
-	$(BIN)/detrdistill run experiments/quickstart.yaml --restart
+	$(BIN)/detrdistill compare --teacher experiments/quickstart.yaml \
+		experiments/quickstart_student.yaml experiments/quickstart_distill.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

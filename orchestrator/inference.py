@@ -30,6 +30,7 @@ def evaluate_model(
     size: int | None = None,
     batch_size: int = 4,
     results: Path | None = None,
+    quiet: bool = False,
 ) -> dict[str, float]:
     """COCO metrics of the model at `source` on a dataset; prints the table."""
     model, payload = load_model(source, tracking_uri=tracking_uri)
@@ -49,7 +50,8 @@ def evaluate_model(
     evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category)
     loader = build_loader(dataset, batch_size, train=False)
     metrics, _ = evaluate(model, loader, evaluator, torch.device("cpu"))
-    print(format_metrics_table(metrics, title=f"{source} on {annotations}"))
+    if not quiet:
+        print(format_metrics_table(metrics, title=f"{source} on {annotations}"))
     if results is not None:
         evaluator.write_results(results)
     return metrics

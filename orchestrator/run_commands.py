@@ -31,6 +31,30 @@ def add_run_commands(commands) -> None:
     run.add_argument("--storage", type=Path, default=Path("runs"), help="Ray checkpoint storage")
     run.set_defaults(handler=_run)
 
+    compare = commands.add_parser(
+        "compare", help="teacher / baseline / distilled: train what is missing, print a table"
+    )
+    compare.add_argument("--teacher", type=Path, required=True, help="the teacher's spec")
+    compare.add_argument("students", nargs="+", type=Path, help="student specs, run in order")
+    compare.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field of every student spec (e.g. seed=1)",
+    )
+    compare.add_argument(
+        "--retrain-teacher",
+        action="store_true",
+        help="train the teacher even if its registered model exists",
+    )
+    compare.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    compare.add_argument(
+        "--storage", type=Path, default=Path("runs"), help="Ray checkpoint storage"
+    )
+    compare.set_defaults(handler=_compare)
+
     evaluate = commands.add_parser("eval", help="COCO-evaluate a trained model on a dataset")
     _add_model_args(evaluate)
     evaluate.add_argument("--data", type=Path, help="dataset root written by 'data synth'")
@@ -68,6 +92,16 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
     run_experiment(spec, args.run_name, args.address, args.restart, args.storage)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from orchestrator.compare import run_comparison
+    from orchestrator.spec_loader import load_spec, resolve_paths
+
+    teacher = resolve_paths(load_spec(args.teacher), Path.cwd())
+    students = [resolve_paths(load_spec(p, args.overrides), Path.cwd()) for p in args.students]
+    run_comparison(teacher, students, args.address, args.storage, args.retrain_teacher)
     return 0
 
 

@@ -1,0 +1,73 @@
+"""`detrdistill compare`: the teacher / baseline / distilled story in one command.
+
+Trains the teacher spec unless its registered model already exists, then runs every student
+spec from scratch (same seed and epochs as written in the specs), and prints and logs a table of
+validation AP and AP50: teacher, then each student.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.spec import ExperimentSpec
+
+
+def _registered_version(uri: str, name: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    versions = MlflowClient(tracking_uri=uri).search_model_versions(f"name = '{name}'")
+    return max((v.version for v in versions), key=int) if versions else None
+
+
+def format_table(rows: list[tuple[str, float | None, float | None]]) -> str:
+    lines = [f"{'model':<34}{'AP':>8}{'AP50':>8}", "-" * 50]
+    for name, ap, ap50 in rows:
+        cell = lambda v: f"{v:8.3f}" if v is not None else f"{'n/a':>8}"  # noqa: E731
+        lines.append(f"{name:<34}{cell(ap)}{cell(ap50)}")
+    return "\n".join(lines)
+
+
+def run_comparison(
+    teacher: ExperimentSpec,
+    students: list[ExperimentSpec],
+    address: str | None = None,
+    storage: Path = Path("runs"),
+    retrain_teacher: bool = False,
+) -> list[tuple[str, float | None, float | None]]:
+    """Teacher (trained or reused from the registry), then each student from scratch."""
+    from orchestrator import tracking
+    from orchestrator.inference import evaluate_model
+    from orchestrator.run import run_experiment
+
+    uri = teacher.mlflow.tracking_uri
+    name = teacher.mlflow.register_as
+    version = None if (retrain_teacher or not name) else _registered_version(uri, name)
+    if version is None:
+        run_experiment(teacher, restart=True, address=address, storage_path=storage)
+        version = _registered_version(uri, name) if name else None
+    else:
+        print(f"reusing the teacher models:/{name}/{version} from the registry", flush=True)
+    rows: list[tuple[str, float | None, float | None]] = []
+    if version is not None:
+        from orchestrator.data_build import data_paths
+
+        images, annotations = data_paths(teacher.data)["val"]
+        scores = evaluate_model(f"models:/{name}/{version}", images, annotations, uri, quiet=True)
+        rows.append((f"teacher ({teacher.student.architecture})", scores["AP"], scores["AP50"]))
+    for spec in students:
+        result = run_experiment(spec, restart=True, address=address, storage_path=storage)
+        label = f"{spec.name} ({spec.distill.method})"
+        rows.append((label, result.metrics.get("val/AP"), result.metrics.get("val/AP50")))
+    table = format_table(rows)
+    print("\n" + table, flush=True)
+    experiment = tracking.ensure_experiment(uri, "comparisons")
+    run_id, _ = tracking.find_or_create_run(
+        uri, experiment, f"compare-{teacher.name}", f"compare-{teacher.name}", {}
+    )
+    logger = tracking.RunLogger(uri, run_id)
+    logger.text(table, "comparison.txt")
+    for label, ap, ap50 in rows:
+        key = label.split(" ")[0]
+        logger.metrics({f"{key}/AP": ap or 0.0, f"{key}/AP50": ap50 or 0.0}, step=0)
+    logger.finish()
+    return rows
