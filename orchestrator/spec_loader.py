@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 
 from orchestrator.errors import UserInputError
 from orchestrator.spec import ExperimentSpec
+from orchestrator.spec_vars import expand_variables
 
 MAX_PARAM_CHARS = 500  # MLflow rejects longer parameter values
 PathParts = Sequence[str | int]
@@ -86,6 +87,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError([Problem(where, None, "", f"cannot read the file: {err}")]) from None
     data, root = _parse_yaml(text, where)
+    data, unset = expand_variables(data)
+    if unset:
+        raise SpecError(
+            [Problem(where, _line_of(root, _parts(path)), path, msg) for path, msg in unset]
+        )
     return _validate(data, where, root, overrides)
 
 
@@ -515,3 +521,7 @@ def flatten_params(spec: ExperimentSpec) -> dict[str, str]:
 
     visit("", spec.model_dump(mode="json"))
     return flat
+
+
+def _parts(dotted: str) -> list[str | int]:
+    return [int(p) if p.isdigit() else p for p in dotted.split(".")]

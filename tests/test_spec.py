@@ -140,7 +140,7 @@ def test_validate_goes_on_after_a_bad_file(tmp_path, capsys):
     assert main(["validate", str(missing), str(QUICKSTART)]) == 2
     captured = capsys.readouterr()
     assert f"error: {missing}: no such file" in captured.err
-    assert f"ok  {QUICKSTART}  (quickstart: dab_detr student, method none)" in captured.out
+    assert f"ok  {QUICKSTART}  (quickstart: deformable_detr student, method none)" in captured.out
 
 
 def test_dict_specs_name_their_source():
@@ -167,7 +167,7 @@ def test_overrides_change_values():
             "optim.lr=1e-4",
             "train.amp=false",
             "student.levels=[C3, C5]",
-            "train.loss.stage_weights=[1, 1]",
+            "train.loss.stage_weights=[1, 1, 1]",
             "train.loss.stage_weights.0=2",
             "data.train_scales.2=120",
             "checkpoint.num_to_keep=5",  # a section the file does not have
@@ -177,7 +177,7 @@ def test_overrides_change_values():
     assert spec.optim.lr == 1e-4 and isinstance(spec.optim.lr, float)
     assert spec.train.amp is False
     assert spec.student.levels == ["C3", "C5"]
-    assert spec.train.loss.stage_weights == [2.0, 1.0]
+    assert spec.train.loss.stage_weights == [2.0, 1.0, 1.0]
     assert spec.data.train_scales == [96, 112, 120]
     assert spec.checkpoint.num_to_keep == 5
     assert spec.mlflow.tracking_uri == "sqlite:///runs.db"
@@ -190,7 +190,7 @@ def test_a_bad_override_value_names_the_override(capsys):
     with pytest.raises(SpecError, match=r"^--set optim\.lrr=1: optim\.lrr: unknown field; did you"):
         load_spec(QUICKSTART, ["optim.lrr=1"])
     with pytest.raises(SpecError, match=r"--set train.loss.stage_weights=\[1\]: train\.loss\.stag"):
-        load_spec(QUICKSTART, ["train.loss.stage_weights=[1]"])  # 2 decoder layers
+        load_spec(QUICKSTART, ["train.loss.stage_weights=[1]"])  # 3 decoder layers
 
 
 @pytest.mark.parametrize(
@@ -277,7 +277,7 @@ def test_flatten_params():
     spec = load_spec(QUICKSTART, ["tune={note: " + "x" * 900 + "}"])
     params = flatten_params(spec)
     assert params["optim.lr"] == "0.001"
-    assert params["student.architecture"] == "dab_detr"
+    assert params["student.architecture"] == "deformable_detr"
     assert params["data.source.kind"] == "synthetic"
     assert params["data.train_scales"] == "[96,112,128]"
     assert params["train.loss.stage_weights"] == "None"
