@@ -49,11 +49,15 @@ def profile_case(
         for _ in range(repeats):
             attn(query, refs, value, shapes).sum().backward()
     totals: dict[str, float] = {}
+    ops: dict[str, float] = {}
     for event in prof.key_averages():
         # self time, so nested ops are not counted twice
         t = event.self_device_time_total if device.startswith("cuda") else event.self_cpu_time_total
         totals[classify(event.key)] = totals.get(classify(event.key), 0.0) + t
+        ops[event.key] = ops.get(event.key, 0.0) + t
     total = sum(totals.values())
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:8]
+    print("    top ops: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in top))
     return {k: v / total for k, v in totals.items()}, total / repeats / 1000
 
 
