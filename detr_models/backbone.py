@@ -34,7 +34,24 @@ def _check_levels(levels: Sequence[str]) -> list[str]:
     return sorted(levels, key=LEVELS.index)
 
 
-class ResNetBackbone(nn.Module):
+class StagedBackbone(nn.Module):
+    """A stem then four stages (C2..C5); returns the maps of `self.levels`."""
+
+    stem: nn.Module
+    stages: nn.ModuleList
+    levels: list[str]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(images)
+        out = []
+        for level, stage in zip(LEVELS, self.stages, strict=True):
+            x = stage(x)
+            if level in self.levels:
+                out.append(x)
+        return out
+
+
+class ResNetBackbone(StagedBackbone):
     """A torchvision ResNet with frozen BatchNorm returning the requested levels.
 
     frozen_stages: -1 trains everything, 0 freezes the stem, k freezes the stem and layer1..k
@@ -64,15 +81,6 @@ class ResNetBackbone(nn.Module):
         for module in frozen:
             module.requires_grad_(False)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(images)
-        out = []
-        for level, stage in zip(LEVELS, self.stages, strict=True):
-            x = stage(x)
-            if level in self.levels:
-                out.append(x)
-        return out
-
 
 def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
     """Load a torchvision ResNet state dict from a local file (the classifier head is ignored)."""
@@ -95,7 +103,7 @@ def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
         )
 
 
-class TinyBackbone(nn.Module):
+class TinyBackbone(StagedBackbone):
     """A small conv net (strides 4..32) for tests and CPU demos; trains from scratch."""
 
     def __init__(self, levels: Sequence[str] = ("C5",), width: int = 32) -> None:
@@ -109,15 +117,6 @@ class TinyBackbone(nn.Module):
         )
         self.channels = [widths[LEVELS.index(lv)] for lv in self.levels]
         self.strides = [STRIDES[lv] for lv in self.levels]
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(images)
-        out = []
-        for level, stage in zip(LEVELS, self.stages, strict=True):
-            x = stage(x)
-            if level in self.levels:
-                out.append(x)
-        return out
 
 
 def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:

@@ -41,7 +41,13 @@ def encoder_reference_points(spatial_shapes: torch.Tensor, ratios: torch.Tensor)
 
     ratios [B,L,2] -> [B,S,L,2] (x, y).
     """
-    refs = []
+    points = torch.cat(_valid_centres(spatial_shapes, ratios), dim=1)  # [B,S,2]
+    return points[:, :, None] * ratios[:, None]  # [B,S,L,2]
+
+
+def _valid_centres(spatial_shapes: torch.Tensor, ratios: torch.Tensor) -> list[torch.Tensor]:
+    """Per level, pixel centres (x, y) as a share of the level's valid region: [B,H_l*W_l,2]."""
+    centres = []
     for level, (h, w) in enumerate(spatial_shapes.tolist()):
         ys, xs = torch.meshgrid(
             torch.arange(h, device=ratios.device, dtype=ratios.dtype) + 0.5,
@@ -50,9 +56,8 @@ def encoder_reference_points(spatial_shapes: torch.Tensor, ratios: torch.Tensor)
         )
         x = xs.reshape(1, -1) / (ratios[:, None, level, 0] * w)  # [B,HW]
         y = ys.reshape(1, -1) / (ratios[:, None, level, 1] * h)
-        refs.append(torch.stack((x, y), dim=-1))
-    points = torch.cat(refs, dim=1)  # [B,S,2]
-    return points[:, :, None] * ratios[:, None]  # [B,S,L,2]
+        centres.append(torch.stack((x, y), dim=-1))
+    return centres
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -203,16 +208,9 @@ def proposal_anchors(
     0.05 * 2^level. Returns (anchors in logit space [B,S,4], usable [B,S])."""
     ratios = level_valid_ratios(memory_mask, spatial_shapes)  # [B,L,2]
     anchors = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
-        ys, xs = torch.meshgrid(
-            torch.arange(h, device=memory_mask.device, dtype=torch.float32) + 0.5,
-            torch.arange(w, device=memory_mask.device, dtype=torch.float32) + 0.5,
-            indexing="ij",
-        )
-        x = xs.reshape(1, -1) / (ratios[:, None, level, 0] * w)  # [B,HW]
-        y = ys.reshape(1, -1) / (ratios[:, None, level, 1] * h)
-        size = torch.full_like(x, 0.05 * 2.0**level)
-        anchors.append(torch.stack((x, y, size, size), dim=-1))
+    for level, centre in enumerate(_valid_centres(spatial_shapes, ratios)):
+        size = torch.full_like(centre, 0.05 * 2.0**level)  # [B,HW,2]
+        anchors.append(torch.cat((centre, size), dim=-1))
     boxes = torch.cat(anchors, dim=1)  # [B,S,4]
     usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1) & ~memory_mask
     return inverse_sigmoid(boxes.clamp(0, 1)), usable

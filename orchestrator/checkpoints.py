@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detr_models.build import ModelConfig, build_model
+from detr_models.build import ModelConfig
 from orchestrator.errors import UserInputError
 
 MODEL_FORMAT = "detrdistill-model/1"
@@ -84,18 +84,6 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
             + ". Make the model config match the one the weights were trained with."
         )
     model.load_state_dict(state_dict)
-
-
-def model_from_file(path: str | Path, config: ModelConfig | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild a model from a plain model file (its own config unless one is given)."""
-    payload = read_model_file(path)
-    if config is None:
-        if payload["config"] is None:
-            raise UserInputError(f"{path}: a bare state dict carries no model config; give one")
-        config = ModelConfig.from_dict(payload["config"])
-    model = build_model(config)
-    load_weights(model, payload["state_dict"], str(path))
-    return model, payload
 
 
 def rng_state() -> dict[str, Any]:
