@@ -55,7 +55,9 @@ def run_comparison(
         scores = evaluate_model(f"models:/{name}/{version}", images, annotations, uri, quiet=True)
         rows.append((f"teacher ({teacher.student.architecture})", scores["AP"], scores["AP50"]))
     for spec in students:
-        result = run_experiment(spec, restart=True, address=address, storage_path=storage)
+        result = run_experiment(
+            spec, run_name=f"seed{spec.seed}", restart=True, address=address, storage_path=storage
+        )
         label = f"{spec.name} ({spec.distill.method})"
         rows.append((label, result.metrics.get("val/AP"), result.metrics.get("val/AP50")))
     table = format_table(rows)
