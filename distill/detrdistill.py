@@ -18,6 +18,7 @@ from torch import nn
 from detr_models.backbone import STRIDES
 from detr_models.build import ModelConfig
 from detr_models.criterion import SetCriterion
+from distill.contrastive import contrastive_query_loss
 from distill.feature_distill import FeatureAdapter, feature_distillation_loss, target_aware_mask
 from distill.logits_distill import logits_distillation_loss
 from distill.query_prior import GROUP_NAME, QueryTranslator, teacher_assignments
@@ -45,6 +46,8 @@ class DETRDistillConfig:
     last_teacher_stage: bool = False  # option: the last teacher stage supervises every stage
     top_k: int = 100
     floor: float = 0.01
+    contrastive: TermConfig = field(default_factory=lambda: TermConfig(enabled=False, weight=0.2))
+    temperature: float = 0.07
 
 
 def feature_strides(config: ModelConfig) -> list[int]:
@@ -95,6 +98,11 @@ class DETRDistill(nn.Module):
         width_t, width_s = teacher_config.hidden_dim, student_config.hidden_dim
         self.feature_adapters = nn.ModuleList(
             FeatureAdapter(width_s, width_t) for _ in self.level_pairs
+        )
+        self.contrastive_adapter = (
+            nn.Linear(width_s, width_t)
+            if config.contrastive.enabled and width_s != width_t
+            else nn.Identity()
         )
         self.query_translator = QueryTranslator(
             width_t, query_kind(teacher_config), width_s, query_kind(student_config)
@@ -151,6 +159,12 @@ class DETRDistill(nn.Module):
             losses.update(
                 self._query_prior_terms(s_out, t_out, batch.targets, scale["query_prior"])
             )
+            if cfg.contrastive.enabled:
+                weight = cfg.contrastive.weight * cfg.contrastive.schedule(epoch, progress.fraction)
+                student_hidden = self.contrastive_adapter(s_out.groups[GROUP_NAME].hidden[-1])
+                losses["distill_contrastive"] = weight * contrastive_query_loss(
+                    student_hidden, t_out.hidden[-1], cfg.temperature
+                )
         for part in ("logits", "feature", "prior"):
             keys = [k for k in losses if k.startswith(f"distill_{part}_")]
             if keys:

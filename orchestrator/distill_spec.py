@@ -44,6 +44,16 @@ class FeatureTermSpec(TermSpec):
     floor: Annotated[float, Field(gt=0, le=1)] = 0.01
 
 
+class ContrastiveSpec(_Section):
+    """The official code's contrastive query term (InfoNCE over the query-prior group's last
+    stage against the teacher's hidden states); off by default."""
+
+    enabled: bool = False
+    weight: NonNegFloat = 0.2
+    temperature: Annotated[float, Field(gt=0)] = 0.07
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+
 class DetrDistillSpec(_Section):
     """DETRDistill: A. Hungarian-matching logits (student stage k <- teacher stage map(k)),
     B. target-aware features, C. query-prior assignment. Defaults: A 1/5/2, B 1, C 2/5/2."""
@@ -52,6 +62,7 @@ class DetrDistillSpec(_Section):
     logits: TermSpec = Field(default_factory=TermSpec)
     feature: FeatureTermSpec = Field(default_factory=FeatureTermSpec)
     query_prior: TermSpec = Field(default_factory=lambda: TermSpec(cls=2.0))
+    contrastive: ContrastiveSpec = Field(default_factory=ContrastiveSpec)
     last_teacher_stage: bool = Field(
         False, description="the last teacher stage supervises every student stage (ablation)"
     )

@@ -139,6 +139,10 @@ def detrdistill_config(section: Any) -> Any:
             Schedule(**t.schedule.model_dump()),
         )
 
+    c = section.contrastive
+    contrastive = TermConfig(
+        enabled=c.enabled, weight=c.weight, schedule=Schedule(**c.schedule.model_dump())
+    )
     return DETRDistillConfig(
         term(section.logits),
         term(section.feature),
@@ -146,6 +150,8 @@ def detrdistill_config(section: Any) -> Any:
         section.last_teacher_stage,
         section.feature.top_k,
         section.feature.floor,
+        contrastive,
+        c.temperature,
     )
 
 

@@ -166,3 +166,28 @@ def test_schedules_stage_rules_and_mapping():
         and Schedule("step", start_epoch=2)(2, 0.2) == 1
     )
     assert Schedule("cosine")(0, 0.5) == pytest.approx(0.5)
+
+
+def test_contrastive_term_is_optional_and_prefers_the_matching_query(batch):
+    from distill.contrastive import contrastive_query_loss
+    from distill.detrdistill import TermConfig
+
+    g = torch.Generator().manual_seed(0)
+    teacher_hidden = torch.randn(2, 6, 8, generator=g)
+    aligned = contrastive_query_loss(
+        teacher_hidden + 0.01 * torch.randn(2, 6, 8, generator=g), teacher_hidden
+    )
+    shuffled = contrastive_query_loss(
+        teacher_hidden[:, torch.randperm(6, generator=g)], teacher_hidden
+    )
+    assert aligned < 0.1 < shuffled
+    cfg = tiny_config("detr")
+    teacher, student = build_model(cfg), build_model(tiny_config("detr", hidden_dim=32))
+    off, _ = _objective(teacher, cfg, tiny_config("detr", hidden_dim=32))(student, batch, PROGRESS)
+    assert "distill_contrastive" not in off
+    config = DETRDistillConfig(contrastive=TermConfig(enabled=True, weight=0.2))
+    on, _ = _objective(teacher, cfg, tiny_config("detr", hidden_dim=32), config)(
+        student, batch, PROGRESS
+    )
+    assert on["distill_contrastive"] > 0
+    total(on).backward()
