@@ -226,6 +226,13 @@ def run_training(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     run_logger = logger_factory() if (logger_factory is not None and rank == 0) else None
+    if rank == 0:
+        print(
+            f"training {spec.student.architecture} on {world} worker(s), device {device}, "
+            f"{torch.get_num_threads()} CPU threads per worker, {len(train_set)} train / "
+            f"{len(val_set)} val images, {iters} iterations per epoch",
+            flush=True,
+        )
     evaluator = CocoEvaluator(val_set.coco, val_set.label_to_category)
     log = _print_progress if rank == 0 else None
     metrics: dict[str, float] = {}
