@@ -295,6 +295,20 @@ def _distill_stage_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         "feature": spec.teacher.model.decoder_layers,
         "query_prior": spec.student.decoder_layers,
     }
+    if spec.distill.feature.enabled:
+        from distill.detrdistill import feature_strides
+
+        student = feature_strides(spec.student.to_model_config(1))
+        teacher = feature_strides(spec.teacher.model.to_model_config(1))
+        if not set(student) & set(teacher):
+            problems.append(
+                (
+                    "distill.feature",
+                    f"the student's feature levels (strides {student}) share no stride with the "
+                    f"teacher's ({teacher}), so feature distillation cannot run; give them a common "
+                    "level or set distill.feature.enabled: false (logits and query_prior still run)",
+                )
+            )
     for term, count in counts.items():
         weights = getattr(spec.distill, term).stage_weights
         if isinstance(weights, list) and len(weights) != count:
