@@ -219,6 +219,9 @@ class TrainSpec(Section):
     amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     log_every: PositiveInt = 20
     max_iters_per_epoch: PositiveInt | None = Field(None, description="cap for smoke runs")
+    stability_probe_images: NonNegInt = Field(
+        32, description="training images probed for matching instability at each eval (0: off)"
+    )
     matcher: MatcherSpec = Field(default_factory=MatcherSpec)
     loss: LossSpec = Field(default_factory=LossSpec)
 

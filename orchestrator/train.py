@@ -18,7 +18,8 @@ from detr_models.build import build_model
 from detr_models.criterion import SetCriterion
 from detr_models.matcher import HungarianMatcher
 from orchestrator import checkpoints
-from orchestrator.data_build import build_datasets
+from orchestrator.data_build import build_datasets, data_paths
+from orchestrator.dataset import CocoDetection
 from orchestrator.drawing import denormalize_image, draw_detections
 from orchestrator.engine import (
     DetectionObjective,
@@ -30,9 +31,11 @@ from orchestrator.engine import (
     unwrap,
 )
 from orchestrator.evaluation import METRIC_NAMES, CocoEvaluator, format_metrics_table
-from orchestrator.loader import build_loader, set_epoch
+from orchestrator.loader import build_loader, collate_detection, set_epoch
 from orchestrator.spec import ExperimentSpec
 from orchestrator.spec_loader import load_spec_dict
+from orchestrator.stability import MatchingStability
+from orchestrator.transforms import eval_transforms
 
 logger = logging.getLogger("detrdistill")
 # Fault injection for testing resume: set in the driver's environment, the first attempt of
@@ -181,6 +184,7 @@ def run_training(
     device = _device(spec)
     torch.manual_seed(spec.seed)
     train_set, val_set = build_datasets(spec.data)
+    stability = _stability_probe(spec) if rank == 0 else None
     num_classes = train_set.num_classes
     model_config = spec.student.to_model_config(num_classes)
     model = build_model(model_config).to(device)
@@ -219,6 +223,8 @@ def run_training(
         scheduler.load_state_dict(saved["scheduler"])
         checkpoints.set_rng_state(saved["rng"][min(rank, len(saved["rng"]) - 1)])
         state = {k: saved[k] for k in ("epoch", "history", "best", "last_eval")}
+        if stability is not None and saved.get("stability"):
+            stability.load_state_dict(saved["stability"])
         if rank == 0:
             print(f"resuming from the checkpoint after epoch {state['epoch']}", flush=True)
     if world > 1:
@@ -270,6 +276,13 @@ def run_training(
                 model, val_loader, evaluator, device, amp=spec.train.amp, keep_images=keep
             )
             state["last_eval"] = {f"val/{k}": scores[k] for k in METRIC_NAMES}
+            if stability is not None:
+                matcher = HungarianMatcher(
+                    spec.train.matcher.cost_class,
+                    spec.train.matcher.cost_bbox,
+                    spec.train.matcher.cost_giou,
+                )
+                metrics.update(stability.measure(model, matcher, device))
             if rank == 0:
                 print(
                     format_metrics_table(scores, title=f"epoch {epoch + 1} validation"), flush=True
@@ -294,6 +307,7 @@ def run_training(
         checkpoint_dir = None
         if rank == 0:
             checkpoint_dir = reporter.new_checkpoint_dir(epoch + 1)
+            state["stability"] = stability.state_dict() if stability is not None else None
             _save_checkpoint(
                 checkpoint_dir, model, objective, optimizer, scheduler, rngs, epoch + 1, state
             )
@@ -313,6 +327,24 @@ def run_training(
     return metrics
 
 
+def _stability_probe(spec: ExperimentSpec) -> MatchingStability | None:
+    """The first training images, with the deterministic eval transform, in fixed batches."""
+    count = spec.train.stability_probe_images
+    if count == 0:
+        return None
+    images, annotations = data_paths(spec.data)["train"]
+    probe = CocoDetection(
+        images, annotations, eval_transforms(spec.data.eval_size, spec.data.max_size)
+    )
+    size = spec.data.eval_batch_size or spec.data.batch_size
+    indices = list(range(min(count, len(probe))))
+    batches = [
+        collate_detection([probe[i] for i in indices[s : s + size]])
+        for s in range(0, len(indices), size)
+    ]
+    return MatchingStability(batches)
+
+
 def _save_checkpoint(
     directory, model, objective, optimizer, scheduler, rngs, epoch: int, state: dict
 ) -> None:
@@ -329,6 +361,7 @@ def _save_checkpoint(
             "history": state["history"],
             "best": state["best"],
             "last_eval": state["last_eval"],
+            "stability": state.get("stability"),
         },
     )
 

@@ -76,6 +76,10 @@ def test_local_mode_run_tracks_and_registers(tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
     assert len(client.get_metric_history(run.info.run_id, "val/AP50")) == 2
     assert "train/loss_giou_s1" in run.data.metrics and "train/images_per_s" in run.data.metrics
+    assert [
+        m.step for m in client.get_metric_history(run.info.run_id, "stability/gt_flip_rate")
+    ] == [2]
+    assert len(client.get_metric_history(run.info.run_id, "stability/cross_stage_consistency")) == 2
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"spec.yaml", "curves.png", "model", "predictions"} <= top
     images = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
