@@ -12,7 +12,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from detr_models.box_ops import cxcywh_to_xyxy
 from detr_models.matcher import Assignment, HungarianMatcher
-from detr_models.output import StageOutputs
+from detr_models.output import DetrOutput, StageOutputs
 
 
 def num_boxes(targets: Sequence[dict], device: torch.device | str) -> float:
@@ -266,3 +266,21 @@ def _per_stage_class_targets(
             f"got {list(class_targets.shape)}"
         )
     return class_targets
+
+
+def encoder_proposal_losses(
+    criterion: SetCriterion, out: DetrOutput, targets: list[dict]
+) -> dict[str, torch.Tensor]:
+    """Set losses on a two-stage model's per-token encoder predictions (empty otherwise)."""
+    if "enc_logits" not in out.extras:
+        return {}
+    proposals = StageOutputs(
+        out.extras["enc_logits"][None], out.extras["enc_boxes"][None], None, None, None, None
+    )
+    saved = criterion.stage_weights
+    criterion.stage_weights = None  # one stage here, whatever the decoder's weights are
+    try:
+        losses, _ = criterion(proposals, targets, prefix="enc_")
+    finally:
+        criterion.stage_weights = saved
+    return losses

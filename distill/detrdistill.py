@@ -17,7 +17,7 @@ from torch import nn
 
 from detr_models.backbone import STRIDES
 from detr_models.build import ModelConfig
-from detr_models.criterion import SetCriterion
+from detr_models.criterion import SetCriterion, encoder_proposal_losses
 from distill.contrastive import contrastive_query_loss
 from distill.feature_distill import FeatureAdapter, feature_distillation_loss, target_aware_mask
 from distill.logits_distill import logits_distillation_loss
@@ -150,6 +150,7 @@ class DETRDistill(nn.Module):
         groups = [self.query_translator(t_out)] if scale["query_prior"] > 0 else None
         s_out = model(batch.images, batch.pixel_mask, groups)
         losses, _ = self.criterion(s_out, batch.targets)
+        losses.update(encoder_proposal_losses(self.criterion, s_out, batch.targets))
         diagnostics: dict[str, float] = {}
         if scale["logits"] > 0:
             losses.update(self._logits_terms(s_out, t_out, scale["logits"], diagnostics))
@@ -231,7 +232,8 @@ class DETRDistill(nn.Module):
 
     def _query_prior_terms(self, s_out, t_out, targets, scale: float) -> dict[str, torch.Tensor]:
         assignments = teacher_assignments(t_out, targets, self.criterion.matcher)
-        per_stage = [assignments[t] for t in self.stage_map]
+        # the query prior always follows the even stage mapping (last_teacher_stage is for A)
+        per_stage = [assignments[t] for t in map_stages(self.student_stages, self.teacher_stages)]
         terms, _ = self.prior_criterion(
             s_out.groups[GROUP_NAME], targets, indices=per_stage, prefix="distill_prior_"
         )

@@ -119,7 +119,11 @@ def logits_distillation_loss(
     class_target[batch_idx, student_idx] = teacher_prob[batch_idx, teacher_idx]
     # BCE minus the targets' own entropy (a constant for the student): same gradient as BCE,
     # and zero when the student reproduces the teacher, which makes the logged value readable
-    entropy = F.binary_cross_entropy(class_target, class_target, reduction="sum")
+    # (written with xlogy: F.binary_cross_entropy is refused under CUDA autocast)
+    entropy = -(
+        torch.special.xlogy(class_target, class_target)
+        + torch.special.xlogy(1 - class_target, 1 - class_target)
+    ).sum()
     cls = (
         F.binary_cross_entropy_with_logits(logits, class_target, reduction="sum") - entropy
     ) / norm

@@ -17,8 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from detr_models.criterion import SetCriterion
-from detr_models.output import StageOutputs
+from detr_models.criterion import SetCriterion, encoder_proposal_losses
 from detr_models.postprocess import PostProcess
 from orchestrator.evaluation import CocoEvaluator
 from orchestrator.loader import Batch
@@ -70,22 +69,12 @@ class DetectionObjective:
         pass
 
 
-def encoder_proposal_losses(
-    criterion: SetCriterion, out: Any, targets: list[dict]
-) -> dict[str, torch.Tensor]:
-    """Set losses on a two-stage model's per-token encoder predictions (empty otherwise)."""
-    if "enc_logits" not in out.extras:
-        return {}
-    proposals = StageOutputs(
-        out.extras["enc_logits"][None], out.extras["enc_boxes"][None], None, None, None, None
-    )
-    saved = criterion.stage_weights
-    criterion.stage_weights = None  # one stage here, whatever the decoder's weights are
-    try:
-        losses, _ = criterion(proposals, targets, prefix="enc_")
-    finally:
-        criterion.stage_weights = saved
-    return losses
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """False if the loss is not finite on any worker, so that every rank stops together."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad)
 
 
 def _sync_objective_gradients(objective: Any) -> None:
@@ -137,7 +126,7 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             losses, diagnostics = objective(model, batch, progress)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
+        if not _finite_everywhere(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {epoch} iteration {iteration}: "
                 + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -146,7 +135,8 @@ def train_one_epoch(
         loss.backward()
         _sync_objective_gradients(objective)
         if clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -241,7 +231,11 @@ def backbone_parameter(name: str) -> bool:
 
 def offset_parameter(name: str) -> bool:
     """Deformable DETR trains sampling offsets and reference heads at a reduced rate."""
-    return "sampling_offsets" in name or "decoder.reference_head" in name
+    # the plain Deformable decoder's linear reference head, not the MLPs of anchor decoders
+    return "sampling_offsets" in name or name in (
+        "decoder.reference_head.weight",
+        "decoder.reference_head.bias",
+    )
 
 
 def build_optimizer(

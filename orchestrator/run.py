@@ -96,7 +96,10 @@ def run_experiment(
     storage = Path(storage_path).resolve()
     uri = spec.mlflow.tracking_uri
     experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment, _artifact_root(uri))
-    if restart:
+    # an MLflow run is continued only when Ray has checkpoints to resume it from (in-process
+    # runs, num_workers 0, keep none): otherwise its metrics would be logged twice
+    resumable = spec.scaling.num_workers > 0 and any((storage / run_key).glob("checkpoint_*"))
+    if restart or not resumable:
         shutil.rmtree(storage / run_key, ignore_errors=True)
         tracking.delete_runs_with_key(uri, experiment_id, run_key)
     tags = {

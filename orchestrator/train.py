@@ -276,26 +276,27 @@ def run_training(
                 model, val_loader, evaluator, device, amp=spec.train.amp, keep_images=keep
             )
             state["last_eval"] = {f"val/{k}": scores[k] for k in METRIC_NAMES}
-            if stability is not None:
-                matcher = HungarianMatcher(
-                    spec.train.matcher.cost_class,
-                    spec.train.matcher.cost_bbox,
-                    spec.train.matcher.cost_giou,
-                )
-                metrics.update(stability.measure(model, matcher, device))
             if rank == 0:
                 print(
                     format_metrics_table(scores, title=f"epoch {epoch + 1} validation"), flush=True
                 )
             if run_logger is not None:
                 _log_samples(run_logger, samples, val_set.class_names, epoch + 1)
+        if stability is not None:  # every epoch: instability is change since the last epoch
+            m = spec.train.matcher
+            matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou)
+            metrics.update(stability.measure(model, matcher, device))
         fresh = dict(metrics, **(state["last_eval"] if evaluated else {}), epoch=epoch + 1)
         for key, value in fresh.items():
             state["history"].setdefault(key, []).append((epoch + 1, float(value)))
         if run_logger is not None:
             run_logger.metrics(fresh, step=epoch + 1)  # validation only where it was measured
-        # Ray ranks checkpoints by the score metric, so every report carries the latest one
-        metrics = dict(fresh, **state["last_eval"])
+        # Ray ranks checkpoints by the score metric: an epoch without evaluation reports the
+        # worst score, so that only evaluated checkpoints compete (Ray keeps the latest anyway)
+        metrics = dict(fresh)
+        if not evaluated:
+            worst = float("-inf") if spec.checkpoint.score_mode == "max" else float("inf")
+            metrics[spec.checkpoint.score_metric] = worst
         ap = state["last_eval"].get("val/AP")
         if ap is not None and (state["best"] is None or ap > state["best"]):
             state["best"] = ap

@@ -3,12 +3,11 @@ import torch
 import torch.nn.functional as F
 
 from detr_models.build import build_model, tiny_config
-from detr_models.criterion import SetCriterion, total
+from detr_models.criterion import SetCriterion, encoder_proposal_losses, total
 from detr_models.deformable_attention import MultiScaleDeformableAttention
 from detr_models.layers import MLP
 from detr_models.matcher import HungarianMatcher
 from detr_models.output import QueryGroup
-from orchestrator.engine import encoder_proposal_losses
 from tests.overfit import overfit
 
 VARIANTS = {
