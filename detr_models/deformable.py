@@ -245,7 +245,9 @@ class TwoStageProposals(nn.Module):
         anchor = torch.gather(boxes, 1, selected[..., None].expand(-1, -1, 4)).detach()  # [B,k,4]
         content = self.content_norm(self.content_proj(sine_encode(anchor, self.dim // 2)))
         extras = {
-            "enc_logits": logits,
+            # unusable tokens (padding, border anchors) must never be matched to a box in the
+            # encoder loss: a very low score keeps the matcher away and their focal loss at zero
+            "enc_logits": logits.masked_fill(~usable[..., None], -1e4),
             "enc_boxes": boxes,
             "enc_usable": usable,
             "selected_tokens": selected,

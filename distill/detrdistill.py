@@ -152,20 +152,28 @@ class DETRDistill(nn.Module):
         losses, _ = self.criterion(s_out, batch.targets)
         losses.update(encoder_proposal_losses(self.criterion, s_out, batch.targets))
         diagnostics: dict[str, float] = {}
-        if scale["logits"] > 0:
-            losses.update(self._logits_terms(s_out, t_out, scale["logits"], diagnostics))
-        if scale["feature"] > 0:
-            losses.update(self._feature_terms(s_out, t_out, batch, scale["feature"], diagnostics))
-        if scale["query_prior"] > 0:
-            losses.update(
-                self._query_prior_terms(s_out, t_out, batch.targets, scale["query_prior"])
-            )
-            if cfg.contrastive.enabled:
-                weight = cfg.contrastive.weight * cfg.contrastive.schedule(epoch, progress.fraction)
-                student_hidden = self.contrastive_adapter(s_out.groups[GROUP_NAME].hidden[-1])
-                losses["distill_contrastive"] = weight * contrastive_query_loss(
-                    student_hidden, t_out.hidden[-1], cfg.temperature
+        # the distillation terms compute in float32 even under bf16 autocast (summed BCE costs)
+        with torch.autocast(batch.images.device.type, enabled=False):
+            if scale["logits"] > 0:
+                losses.update(self._logits_terms(s_out, t_out, scale["logits"], diagnostics))
+            if scale["feature"] > 0:
+                losses.update(
+                    self._feature_terms(s_out, t_out, batch, scale["feature"], diagnostics)
                 )
+            if scale["query_prior"] > 0:
+                losses.update(
+                    self._query_prior_terms(s_out, t_out, batch.targets, scale["query_prior"])
+                )
+                if cfg.contrastive.enabled:
+                    weight = cfg.contrastive.weight * cfg.contrastive.schedule(
+                        epoch, progress.fraction
+                    )
+                    student_hidden = self.contrastive_adapter(
+                        s_out.groups[GROUP_NAME].hidden[-1].float()
+                    )
+                    losses["distill_contrastive"] = weight * contrastive_query_loss(
+                        student_hidden, t_out.hidden[-1], cfg.temperature
+                    )
         for part in ("logits", "feature", "prior"):
             keys = [k for k in losses if k.startswith(f"distill_{part}_")]
             if keys:
@@ -223,7 +231,7 @@ class DETRDistill(nn.Module):
                 )
                 coverage.append(psi[~mask].mean())
                 total = total + feature_distillation_loss(
-                    adapter(s_out.features[ls]), t_feat, psi, mask
+                    adapter(s_out.features[ls].float()), t_feat, psi, mask
                 )
             losses[f"distill_feature_s{j}"] = total * scale * weights[j]
         if coverage:

@@ -191,3 +191,20 @@ def test_contrastive_term_is_optional_and_prefers_the_matching_query(batch):
     )
     assert on["distill_contrastive"] > 0
     total(on).backward()
+
+
+def test_distillation_runs_under_bf16_autocast(batch):
+    # the GPU path trains under bf16 autocast; CPU autocast exercises the same dtype handling
+    torch.manual_seed(0)
+    t_cfg = tiny_config("deformable_detr", levels=["C3", "C4", "C5"], box_refine=True)
+    s_cfg = tiny_config("deformable_detr", levels=["C3", "C4", "C5"], two_stage=True, hidden_dim=32)
+    teacher, student = build_model(t_cfg), build_model(s_cfg)
+    from distill.detrdistill import TermConfig
+
+    config = DETRDistillConfig(contrastive=TermConfig(enabled=True, weight=0.2))
+    objective = _objective(teacher, t_cfg, s_cfg, config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses, _ = objective(student, batch, PROGRESS)
+    loss = total(losses)
+    assert torch.isfinite(loss) and any(k.startswith("enc_") for k in losses)
+    loss.backward()
