@@ -101,6 +101,7 @@ class SetCriterion(nn.Module):
         class_targets: torch.Tensor | None = None,
         prefix: str = "",
         num_boxes: float | None = None,
+        stage_weights: Sequence[float] | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[list[Assignment]]]:
         """Weighted losses of every stage and the per-stage assignments they used.
 
@@ -109,6 +110,7 @@ class SetCriterion(nn.Module):
         class_targets: float `[L,B,Q,C]` or `[B,Q,C]` (every stage); replaces the one-hot
             classification targets (soft targets for distillation).
         num_boxes: the normaliser; computed with `num_boxes(targets, device)` when omitted.
+        stage_weights: per-stage weights for this call only (default: the criterion's own).
         Returns `(losses, indices)` with keys `{prefix}loss_{cls,bbox,giou}_s{k}`, k = 0..L-1,
         and `indices[k]` the per-image assignment of stage k.
         """
@@ -124,7 +126,7 @@ class SetCriterion(nn.Module):
         num_stages, batch = logits.shape[0], logits.shape[1]
         if len(targets) != batch:
             raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
-        stage_weights = self._stage_weights(num_stages)
+        stage_weights = self._stage_weights(num_stages, stage_weights)
         fixed = _per_stage_indices(indices, num_stages, batch)
         soft = _per_stage_class_targets(class_targets, logits.shape)
         norm = float(num_boxes) if num_boxes is not None else _count_boxes(targets, logits.device)
@@ -191,15 +193,18 @@ class SetCriterion(nn.Module):
         )
         return cls, l1, giou
 
-    def _stage_weights(self, num_stages: int) -> list[float]:
-        if self.stage_weights is None:
+    def _stage_weights(
+        self, num_stages: int, override: Sequence[float] | None = None
+    ) -> list[float]:
+        weights = self.stage_weights if override is None else [float(w) for w in override]
+        if weights is None:
             return [1.0] * num_stages
-        if len(self.stage_weights) != num_stages:
+        if len(weights) != num_stages:
             raise ValueError(
-                f"stage_weights has {len(self.stage_weights)} entries but the outputs have "
+                f"stage_weights has {len(weights)} entries but the outputs have "
                 f"{num_stages} decoder stages; give exactly {num_stages} weights (one per stage)"
             )
-        return self.stage_weights
+        return weights
 
 
 def _flat_query_index(
@@ -277,10 +282,6 @@ def encoder_proposal_losses(
     proposals = StageOutputs(
         out.extras["enc_logits"][None], out.extras["enc_boxes"][None], None, None, None, None
     )
-    saved = criterion.stage_weights
-    criterion.stage_weights = None  # one stage here, whatever the decoder's weights are
-    try:
-        losses, _ = criterion(proposals, targets, prefix="enc_")
-    finally:
-        criterion.stage_weights = saved
+    # one stage here, whatever the decoder's stage weights are
+    losses, _ = criterion(proposals, targets, prefix="enc_", stage_weights=[1.0])
     return losses

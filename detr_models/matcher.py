@@ -15,7 +15,7 @@ Assignment = tuple[torch.Tensor, torch.Tensor]
 
 # Stands in for NaN/inf costs: large enough that the solver avoids such pairs whenever it can,
 # small enough that sums over a whole assignment stay exact in float64.
-_BAD_COST = 1e8
+BAD_COST = 1e8
 
 
 class HungarianMatcher(nn.Module):
@@ -61,7 +61,7 @@ class HungarianMatcher(nn.Module):
         cost = cost.cpu()  # the only device-to-host transfer
         indices: list[Assignment] = []
         for b, block in enumerate(cost.split(sizes, dim=-1)):
-            indices.append(_solve(block[b]))
+            indices.append(solve_assignment(block[b]))
         return indices
 
     @torch.no_grad()
@@ -110,11 +110,11 @@ class HungarianMatcher(nn.Module):
 
         cost = self.cost_bbox * l1_cost + self.cost_class * class_cost + self.cost_giou * giou_cost
         # scipy refuses NaN/inf; a diverging model must not stop a long run.
-        cost = torch.nan_to_num(cost, nan=_BAD_COST, posinf=_BAD_COST, neginf=-_BAD_COST)
+        cost = torch.nan_to_num(cost, nan=BAD_COST, posinf=BAD_COST, neginf=-BAD_COST)
         return cost.view(batch, num_queries, total), sizes
 
 
-def _solve(cost: torch.Tensor) -> Assignment:
+def solve_assignment(cost: torch.Tensor) -> Assignment:
     """Optimal assignment of one image's `[Q, M]` CPU cost, sorted by query index."""
     if cost.shape[1] == 0 or cost.shape[0] == 0:
         empty = torch.zeros(0, dtype=torch.int64)

@@ -11,17 +11,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from detr_models.box_ops import cxcywh_to_xyxy
-
-# One image's assignment: (student query indices, teacher prediction indices), int64 on the CPU.
-Assignment = tuple[torch.Tensor, torch.Tensor]
-
-# Stands in for NaN/inf costs, as in detr_models.matcher: the solver avoids such pairs whenever
-# it can, and sums over a whole assignment stay exact in float64.
-_BAD_COST = 1e8
+from detr_models.matcher import BAD_COST, Assignment, solve_assignment
 
 
 def clamp_boxes_to_image(boxes: torch.Tensor) -> torch.Tensor:
@@ -59,7 +52,7 @@ def match_to_teacher(
         cost_giou,
     )  # [B, Qs, Qt]
     cost = cost.cpu()  # the only device-to-host transfer
-    return [_solve(block) for block in cost]
+    return [solve_assignment(block) for block in cost]
 
 
 def logits_distillation_loss(
@@ -177,7 +170,7 @@ def matching_cost(
 
     cost = cost_class * class_cost + cost_bbox * l1_cost + cost_giou * giou_cost
     # scipy refuses NaN/inf; a diverging student must not stop a long run.
-    return torch.nan_to_num(cost, nan=_BAD_COST, posinf=_BAD_COST, neginf=-_BAD_COST)
+    return torch.nan_to_num(cost, nan=BAD_COST, posinf=BAD_COST, neginf=-BAD_COST)
 
 
 def batched_pairwise_giou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -204,18 +197,6 @@ def batched_pairwise_giou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.T
     hull = hull_wh[..., 0] * hull_wh[..., 1]  # [B, N, M]
     giou = iou - (hull - union) / hull
     return torch.nan_to_num(giou, nan=-1.0, posinf=1.0, neginf=-1.0).clamp(min=-1.0, max=1.0)
-
-
-def _solve(cost: torch.Tensor) -> Assignment:
-    """Optimal assignment of one image's `[Qs, Qt]` CPU cost, sorted by student index."""
-    if cost.shape[0] == 0 or cost.shape[1] == 0:
-        empty = torch.zeros(0, dtype=torch.int64)
-        return empty, empty.clone()
-    rows, cols = linear_sum_assignment(cost.numpy())
-    student_idx = torch.as_tensor(rows, dtype=torch.int64)
-    teacher_idx = torch.as_tensor(cols, dtype=torch.int64)
-    order = torch.argsort(student_idx)
-    return student_idx[order], teacher_idx[order]
 
 
 def _check_inputs(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,13 +189,12 @@ def _export(spec, checkpoint, run_logger, uri: str, run_id: str, num_classes: in
     """Log curves, the plain model file, the MLflow model, and register it."""
     from orchestrator import tracking
 
-    export_dir = Path(_tmpdir())
+    export_dir = Path(tempfile.mkdtemp(prefix="detrdistill-export-"))
     with checkpoint.as_directory() as path:
         shutil.copy(Path(path) / checkpoints.MODEL_FILE, export_dir / checkpoints.MODEL_FILE)
         state = checkpoints.load_training_state(path)
     model_file = export_dir / checkpoints.MODEL_FILE
-    payload = checkpoints.read_model_file(model_file)
-    model, _ = load_model(str(model_file))
+    model, payload = load_model(str(model_file))
     extra = dict(payload["extra"], val_AP=state.get("last_eval", {}).get("val/AP"))
     checkpoints.save_model_file(model_file, model, spec.student.to_model_config(num_classes), extra)
     figure = tracking.curves_figure(
@@ -213,12 +213,6 @@ def _export(spec, checkpoint, run_logger, uri: str, run_id: str, num_classes: in
     return version, model_file
 
 
-def _tmpdir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="detrdistill-export-")
-
-
 def _print_summary(result: RunResult, spec: ExperimentSpec, seconds: float) -> None:
     ap = result.metrics.get("val/AP")
     ap50 = result.metrics.get("val/AP50")
@@ -233,13 +227,3 @@ def _print_summary(result: RunResult, spec: ExperimentSpec, seconds: float) -> N
         f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}",
     ]
     print("\n".join(line for line in lines if line), flush=True)
-
-
-def check_resources(spec: ExperimentSpec) -> None:
-    if spec.scaling.use_gpu:
-        import torch
-
-        if not torch.cuda.is_available() and spec.scaling.num_workers == 0:
-            raise UserInputError(
-                "scaling.use_gpu: true but this machine has no GPU; set it to false"
-            )

@@ -7,11 +7,10 @@ re-running the same command continues the same MLflow run.
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +88,9 @@ class RunLogger:
         for start in range(0, len(fresh), 100):
             self.client.log_batch(self.run_id, params=fresh[start : start + 100])
 
-    def tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
-
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         entries = [
-            mlflow.entities.Metric(_metric_name(k), float(v), int(1000 * _now()), step)
+            mlflow.entities.Metric(_metric_name(k), float(v), int(1000 * time.time()), step)
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and np.isfinite(v)
         ]
@@ -104,9 +99,6 @@ class RunLogger:
 
     def text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
-
-    def dict(self, data: dict, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
 
     def image(self, image: np.ndarray, artifact_file: str) -> None:
         """uint8 [H,W,3] image as a PNG artifact."""
@@ -121,22 +113,10 @@ class RunLogger:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
-    def history(self, key: str) -> list[tuple[int, float]]:
-        return [
-            (m.step, m.value)
-            for m in self.client.get_metric_history(self.run_id, _metric_name(key))
-        ]
-
 
 def _metric_name(key: str) -> str:
     # MLflow allows letters, digits and _ - . / and spaces
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def log_model(
@@ -217,16 +197,3 @@ def curves_figure(history: dict[str, list[tuple[int, float]]]) -> Any:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def default_environment() -> None:
-    # keep MLflow quiet about its own telemetry in CI logs
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -185,6 +185,8 @@ def run_training(
     torch.manual_seed(spec.seed)
     train_set, val_set = build_datasets(spec.data)
     stability = _stability_probe(spec) if rank == 0 else None
+    m = spec.train.matcher
+    probe_matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou)
     num_classes = train_set.num_classes
     model_config = spec.student.to_model_config(num_classes)
     model = build_model(model_config).to(device)
@@ -283,9 +285,7 @@ def run_training(
             if run_logger is not None:
                 _log_samples(run_logger, samples, val_set.class_names, epoch + 1)
         if stability is not None:  # every epoch: instability is change since the last epoch
-            m = spec.train.matcher
-            matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou)
-            metrics.update(stability.measure(model, matcher, device))
+            metrics.update(stability.measure(model, probe_matcher, device))
         fresh = dict(metrics, **(state["last_eval"] if evaluated else {}), epoch=epoch + 1)
         for key, value in fresh.items():
             state["history"].setdefault(key, []).append((epoch + 1, float(value)))
