@@ -9,7 +9,6 @@ scheduled distillation term (`distill_*` keys) and diagnostics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,20 +21,7 @@ from distill.contrastive import contrastive_query_loss
 from distill.feature_distill import FeatureAdapter, feature_distillation_loss, target_aware_mask
 from distill.logits_distill import logits_distillation_loss
 from distill.query_prior import GROUP_NAME, QueryTranslator, teacher_assignments
-from distill.schedules import Schedule, map_stages, stage_weights
-
-
-@dataclass
-class TermConfig:
-    """One distillation component: on/off, weight, sub-weights, stage weights, schedule."""
-
-    enabled: bool = True
-    weight: float = 1.0
-    cls: float = 1.0
-    bbox: float = 5.0
-    giou: float = 2.0
-    stages: str | Sequence[float] = "uniform"
-    schedule: Schedule = field(default_factory=Schedule)
+from distill.schedules import TermConfig, map_stages, stage_weights
 
 
 @dataclass
@@ -130,27 +116,44 @@ class DETRDistill(nn.Module):
     def after_step(self) -> None:
         pass
 
-    def forward(
-        self, model: nn.Module, batch, progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def scales(self, progress) -> dict[str, float]:
+        """Each term's weight x schedule now (0 when disabled)."""
         cfg = self.config
-        epoch = progress.epoch + progress.iteration / max(1, progress.iters_per_epoch)
-        scale = {
-            name: term.weight * term.schedule(epoch, progress.fraction) if term.enabled else 0.0
-            for name, term in (
-                ("logits", cfg.logits),
-                ("feature", cfg.feature),
-                ("query_prior", cfg.query_prior),
-            )
+        return {
+            "logits": cfg.logits.scale(progress),
+            "feature": cfg.feature.scale(progress),
+            "query_prior": cfg.query_prior.scale(progress),
+            "contrastive": cfg.contrastive.scale(progress),
         }
+
+    def prepare(self, batch, progress) -> tuple[dict, list]:
+        """Run the teacher on the batch: (state for `distill_losses`, query groups to add)."""
+        scale = self.scales(progress)
         teacher = self.teacher_model
         teacher.eval()
         with torch.no_grad():
             t_out = teacher(batch.images, batch.pixel_mask)
-        groups = [self.query_translator(t_out)] if scale["query_prior"] > 0 else None
-        s_out = model(batch.images, batch.pixel_mask, groups)
+        groups = [self.query_translator(t_out)] if scale["query_prior"] > 0 else []
+        return {"teacher": t_out, "scale": scale}, groups
+
+    def forward(
+        self, model: nn.Module, batch, progress
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        state, groups = self.prepare(batch, progress)
+        s_out = model(batch.images, batch.pixel_mask, groups or None)
         losses, _ = self.criterion(s_out, batch.targets)
         losses.update(encoder_proposal_losses(self.criterion, s_out, batch.targets))
+        terms, diagnostics = self.distill_losses(s_out, state, batch)
+        losses.update(terms)
+        return losses, diagnostics
+
+    def distill_losses(
+        self, s_out, state: dict, batch
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Every weighted DETRDistill term (`distill_*` keys) and diagnostics."""
+        cfg = self.config
+        t_out, scale = state["teacher"], state["scale"]
+        losses: dict[str, torch.Tensor] = {}
         diagnostics: dict[str, float] = {}
         # the distillation terms compute in float32 even under bf16 autocast (summed BCE costs)
         with torch.autocast(batch.images.device.type, enabled=False):
@@ -164,14 +167,11 @@ class DETRDistill(nn.Module):
                 losses.update(
                     self._query_prior_terms(s_out, t_out, batch.targets, scale["query_prior"])
                 )
-                if cfg.contrastive.enabled:
-                    weight = cfg.contrastive.weight * cfg.contrastive.schedule(
-                        epoch, progress.fraction
-                    )
+                if scale["contrastive"] > 0:
                     student_hidden = self.contrastive_adapter(
                         s_out.groups[GROUP_NAME].hidden[-1].float()
                     )
-                    losses["distill_contrastive"] = weight * contrastive_query_loss(
+                    losses["distill_contrastive"] = scale["contrastive"] * contrastive_query_loss(
                         student_hidden, t_out.hidden[-1], cfg.temperature
                     )
         for part in ("logits", "feature", "prior"):

@@ -67,6 +67,7 @@ def logits_distillation_loss(
     cost_class: float = 1.0,
     cost_bbox: float = 5.0,
     cost_giou: float = 2.0,
+    clamp: bool = True,
 ) -> tuple[dict[str, torch.Tensor], list[Assignment]]:
     """Weighted distillation losses of one stage and the assignment they used.
 
@@ -76,6 +77,7 @@ def logits_distillation_loss(
              y = the matched teacher's sigmoid scores, all zeros (background) when unmatched;
       bbox = weight_bbox * sum of L1 over matched pairs;
       giou = weight_giou * sum of (1 - GIoU) over matched pairs.
+    `clamp=False` keeps the teacher boxes as they are (OD-DETR's index-aligned distillation).
     Returns `({"cls", "bbox", "giou"}, indices)`. The teacher side never receives gradient.
     """
     _check_inputs(student_logits, student_boxes, teacher_logits, teacher_boxes)
@@ -98,7 +100,9 @@ def logits_distillation_loss(
     logits = student_logits.float()  # [B, Qs, C]
     boxes = student_boxes.float()  # [B, Qs, 4]
     teacher_prob = teacher_logits.detach().float().sigmoid()  # [B, Qt, C]
-    teacher_box = clamp_boxes_to_image(teacher_boxes.detach().float())  # [B, Qt, 4]
+    teacher_box = teacher_boxes.detach().float()  # [B, Qt, 4]
+    if clamp:
+        teacher_box = clamp_boxes_to_image(teacher_box)
     norm = float(max(batch * num_teacher, 1))
 
     batch_idx = torch.cat(

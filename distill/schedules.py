@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STAGE_RULES = ("uniform", "last_only", "increasing")
 
@@ -35,6 +35,26 @@ class Schedule:
         raise ValueError(
             f"unknown schedule kind {self.kind!r}; use constant, warmup, step or cosine"
         )
+
+
+@dataclass
+class TermConfig:
+    """One distillation component: on/off, weight, sub-weights, stage weights, schedule."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    cls: float = 1.0
+    bbox: float = 5.0
+    giou: float = 2.0
+    stages: str | Sequence[float] = "uniform"
+    schedule: Schedule = field(default_factory=Schedule)
+
+    def scale(self, progress) -> float:
+        """weight x schedule at `progress` (an engine Progress), 0 when disabled."""
+        if not self.enabled:
+            return 0.0
+        epoch = progress.epoch + progress.iteration / max(1, progress.iters_per_epoch)
+        return self.weight * self.schedule(epoch, progress.fraction)
 
 
 def stage_weights(rule: str | Sequence[float], num_stages: int) -> list[float]:

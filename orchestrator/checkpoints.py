@@ -17,6 +17,7 @@ from orchestrator.errors import UserInputError
 
 MODEL_FORMAT = "detrdistill-model/1"
 MODEL_FILE = "model.pt"
+EMA_MODEL_FILE = "ema_model.pt"  # OD-DETR runs: the EMA teacher, same format
 STATE_FILE = "state.pt"
 
 

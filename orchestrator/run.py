@@ -191,14 +191,28 @@ def _export(spec, checkpoint, run_logger, uri: str, run_id: str, num_classes: in
 
     export_dir = Path(tempfile.mkdtemp(prefix="detrdistill-export-"))
     with checkpoint.as_directory() as path:
-        shutil.copy(Path(path) / checkpoints.MODEL_FILE, export_dir / checkpoints.MODEL_FILE)
         state = checkpoints.load_training_state(path)
+        choice = export_choice(
+            spec.checkpoint.export,
+            state.get("last_eval", {}),
+            (Path(path) / checkpoints.EMA_MODEL_FILE).is_file(),
+        )
+        source = checkpoints.EMA_MODEL_FILE if choice == "ema" else checkpoints.MODEL_FILE
+        shutil.copy(Path(path) / source, export_dir / checkpoints.MODEL_FILE)
     model_file = export_dir / checkpoints.MODEL_FILE
     model, payload = load_model(str(model_file))
-    extra = dict(payload["extra"], val_AP=state.get("last_eval", {}).get("val/AP"))
+    ap_key = "val_ema/AP" if choice == "ema" else "val/AP"
+    extra = dict(payload["extra"], val_AP=state.get("last_eval", {}).get(ap_key), exported=choice)
     checkpoints.save_model_file(model_file, model, spec.student.to_model_config(num_classes), extra)
+    run_logger.params({"exported_model": choice})
+    print(f"exporting the {choice} model of the chosen checkpoint", flush=True)
     figure = tracking.curves_figure(
-        {k: v for k, v in state["history"].items() if k in ("train/loss", "val/AP", "val/AP50")}
+        {
+            k: v
+            for k, v in state["history"].items()
+            if k in ("train/loss", "val/AP", "val/AP50", "val_ema/AP", "val_ema/AP50")
+            or k.endswith("/instability")
+        }
     )
     if figure is not None:
         run_logger.figure(figure, "curves.png")
@@ -211,6 +225,19 @@ def _export(spec, checkpoint, run_logger, uri: str, run_id: str, num_classes: in
         uri, run_id, exported, example, model_file, spec.mlflow.register_as, description
     )
     return version, model_file
+
+
+def export_choice(export: str, last_eval: dict[str, float], has_ema: bool) -> str:
+    """'student' or 'ema': what `checkpoint.export` picks from a checkpoint ('best' takes the
+    EMA model only when its val AP beats the student's)."""
+    if export == "ema" and not has_ema:
+        raise ValueError("checkpoint.export is 'ema' but the checkpoint holds no EMA model")
+    if export != "best" or not has_ema:
+        return "ema" if export == "ema" else "student"
+    student, ema = last_eval.get("val/AP"), last_eval.get("val_ema/AP")
+    if ema is not None and (student is None or ema > student):
+        return "ema"
+    return "student"
 
 
 def _print_summary(result: RunResult, spec: ExperimentSpec, seconds: float) -> None:

@@ -12,7 +12,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detr_models.build import ModelConfig
-from orchestrator.distill_spec import DetrDistillSpec
+from orchestrator.distill_spec import (
+    CombinedSpec,
+    DetrDistillSpec,
+    OdDetrSpec,
+    detrdistill_section,
+    od_detr_section,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -178,7 +184,9 @@ class NoDistill(Section):
         return False
 
 
-DistillSpec = Annotated[NoDistill | DetrDistillSpec, Field(discriminator="method")]
+DistillSpec = Annotated[
+    NoDistill | DetrDistillSpec | OdDetrSpec | CombinedSpec, Field(discriminator="method")
+]
 
 
 # ----------------------------------------------------------------------------- training
@@ -238,6 +246,11 @@ class CheckpointSpec(Section):
     num_to_keep: PositiveInt = 2
     score_metric: str = "val/AP"
     score_mode: Literal["max", "min"] = "max"
+    export: Literal["student", "ema", "best"] = Field(
+        "best",
+        description="which model of the chosen checkpoint is exported and registered: the "
+        "student, the EMA teacher (OD-DETR), or the one with the higher val AP",
+    )
 
 
 class MlflowSpec(Section):
@@ -276,6 +289,23 @@ class ExperimentSpec(Section):
                 )
             )
         problems += _distill_stage_problems(self)
+        if od_detr_section(self.distill) is None:
+            if self.checkpoint.export == "ema":
+                problems.append(
+                    (
+                        "checkpoint.export",
+                        "is 'ema' but this run has no EMA model; use distill.method od_detr (or "
+                        "detrdistill+od_detr), or export 'student'",
+                    )
+                )
+            if self.checkpoint.score_metric.startswith("val_ema/"):
+                problems.append(
+                    (
+                        "checkpoint.score_metric",
+                        f"{self.checkpoint.score_metric!r} needs an EMA model (distill.method "
+                        "od_detr); score by 'val/AP' instead",
+                    )
+                )
         stages = self.train.loss.stage_weights
         if stages is not None and len(stages) != self.student.decoder_layers:
             problems.append(
@@ -290,15 +320,41 @@ class ExperimentSpec(Section):
 
 def _distill_stage_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     """Explicit per-stage weight lists must have one entry per stage they weigh."""
-    if spec.distill.method != "detrdistill" or spec.teacher is None:
+    return _od_detr_stage_problems(spec) + _detrdistill_stage_problems(spec)
+
+
+def _od_detr_stage_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    section = od_detr_section(spec.distill)
+    if section is None:
         return []
+    where = "distill" if section is spec.distill else "distill.od_detr"
+    problems = []
+    stages = spec.student.decoder_layers
+    for term in ("initial_query", "aux_groups"):
+        weights = getattr(section, term).stage_weights
+        if isinstance(weights, list) and len(weights) != stages:
+            problems.append(
+                (
+                    f"{where}.{term}.stage_weights",
+                    f"has {len(weights)} entries but the student has {stages} decoder stages",
+                )
+            )
+    return problems
+
+
+def _detrdistill_stage_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    section = detrdistill_section(spec.distill)
+    if section is None or spec.teacher is None:
+        return []
+    # field paths of a combined section sit under distill.detrdistill
+    where = "distill" if section is spec.distill else "distill.detrdistill"
     problems = []
     counts = {
         "logits": spec.student.decoder_layers,
         "feature": spec.teacher.model.decoder_layers,
         "query_prior": spec.student.decoder_layers,
     }
-    if spec.distill.feature.enabled:
+    if section.feature.enabled:
         from distill.detrdistill import feature_strides
 
         student = feature_strides(spec.student.to_model_config(1))
@@ -306,19 +362,19 @@ def _distill_stage_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         if not set(student) & set(teacher):
             problems.append(
                 (
-                    "distill.feature",
+                    f"{where}.feature",
                     f"the student's feature levels (strides {student}) share no stride with the "
                     f"teacher's ({teacher}), so feature distillation cannot run; give them a common "
                     "level or set distill.feature.enabled: false (logits and query_prior still run)",
                 )
             )
     for term, count in counts.items():
-        weights = getattr(spec.distill, term).stage_weights
+        weights = getattr(section, term).stage_weights
         if isinstance(weights, list) and len(weights) != count:
             owner = "teacher" if term == "feature" else "student"
             problems.append(
                 (
-                    f"distill.{term}.stage_weights",
+                    f"{where}.{term}.stage_weights",
                     f"has {len(weights)} entries but the {owner} has {count} decoder stages",
                 )
             )

@@ -6,7 +6,9 @@ Between two measurements:
 - instability: the number of slots whose box changed, averaged over images (lower is stabler);
 - gt_flip_rate: the share of ground-truth boxes whose matched slot changed.
 Also, at each measurement, cross_stage_consistency: the share of ground-truth boxes matched to
-the same slot by the last two decoder stages.
+the same slot by the last two decoder stages; and where an EMA teacher exists (OD-DETR),
+teacher_agreement: the share of ground-truth boxes the student and the EMA model match to the
+same slot. The student's metrics are `stability/*`, the EMA model's `stability_ema/*`.
 
 A slot is the query index, except for two-stage models, whose queries are re-selected per
 image: there a slot is the encoder token the query came from (`extras["selected_tokens"]`).
@@ -33,8 +35,9 @@ def _slots(out: Any, batch_index: int, query_index: torch.Tensor) -> list[int]:
 class MatchingStability:
     """Keeps the previous measurement's assignments; `measure` returns the metrics."""
 
-    def __init__(self, probe_batches: list[Batch]) -> None:
+    def __init__(self, probe_batches: list[Batch], prefix: str = "stability/") -> None:
         self.probe_batches = probe_batches
+        self.prefix = prefix
         self.previous: dict[int, dict[int, int]] | None = None  # image id -> slot -> gt
 
     @torch.no_grad()
@@ -65,9 +68,10 @@ class MatchingStability:
                 same += sum(by_gt_before.get(g) == q for g, q in by_gt_last.items())
                 total += len(by_gt_last)
         model.train(was_training)
-        metrics = {"stability/cross_stage_consistency": same / total if total else 1.0}
+        metrics = {"cross_stage_consistency": same / total if total else 1.0}
         if self.previous is not None:
             metrics.update(_compare(self.previous, current))
+        metrics = {self.prefix + k: v for k, v in metrics.items()}
         self.previous = current
         return metrics
 
@@ -93,6 +97,20 @@ def _compare(
             flipped += slot_of_now.get(g) != slot_of_before.get(g)
             gts += 1
     return {
-        "stability/instability": changed_slots / max(images, 1),
-        "stability/gt_flip_rate": flipped / max(gts, 1),
+        "instability": changed_slots / max(images, 1),
+        "gt_flip_rate": flipped / max(gts, 1),
     }
+
+
+def assignment_agreement(
+    first: dict[int, dict[int, int]], second: dict[int, dict[int, int]]
+) -> float:
+    """Share of ground-truth boxes matched to the same slot in two measurements (e.g. the
+    student's and the EMA teacher's latest), 1.0 when there are none."""
+    same, total = 0, 0
+    for image_id, slots in first.items():
+        slot_of = {g: s for s, g in second.get(image_id, {}).items()}
+        for slot, gt in slots.items():
+            same += slot_of.get(gt) == slot
+            total += 1
+    return same / total if total else 1.0

@@ -174,7 +174,8 @@ def download(uri: str, source: str) -> Path:
 
 
 def curves_figure(history: dict[str, list[tuple[int, float]]]) -> Any:
-    """Loss and AP curves over epochs as a matplotlib figure (None if matplotlib is missing)."""
+    """Loss, AP and (when present) matching-instability curves over epochs as a matplotlib
+    figure (None if matplotlib is missing)."""
     try:
         import matplotlib
 
@@ -183,16 +184,23 @@ def curves_figure(history: dict[str, list[tuple[int, float]]]) -> Any:
     except ImportError:
         logger.info("matplotlib is not installed: skipping the curves plot")
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = ["training loss", "validation"]
+    if any(key.startswith("stability") for key in history):
+        panels.append("matching instability (probe set)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for key, points in history.items():
         if not points:
             continue
-        ax = axes[1] if key.startswith(("val/", "ema/")) else axes[0]
+        if key.startswith("stability"):
+            ax = axes[2]
+        elif key.startswith(("val/", "val_ema/")):
+            ax = axes[1]
+        else:
+            ax = axes[0]
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, marker="o", label=key)
-    axes[0].set_title("training loss")
-    axes[1].set_title("validation")
-    for ax in axes:
+    for ax, title in zip(axes, panels, strict=True):
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -20,6 +20,7 @@ from detr_models.matcher import HungarianMatcher
 from orchestrator import checkpoints
 from orchestrator.data_build import build_datasets, data_paths
 from orchestrator.dataset import CocoDetection
+from orchestrator.distill_spec import detrdistill_section, od_detr_section
 from orchestrator.drawing import denormalize_image, draw_detections
 from orchestrator.engine import (
     DetectionObjective,
@@ -34,7 +35,7 @@ from orchestrator.evaluation import METRIC_NAMES, CocoEvaluator, format_metrics_
 from orchestrator.loader import build_loader, collate_detection, set_epoch
 from orchestrator.spec import ExperimentSpec
 from orchestrator.spec_loader import load_spec_dict
-from orchestrator.stability import MatchingStability
+from orchestrator.stability import MatchingStability, assignment_agreement
 from orchestrator.transforms import eval_transforms
 
 logger = logging.getLogger("detrdistill")
@@ -98,8 +99,11 @@ class RayTrainReporter:
             self._written = [checkpoint_dir]
 
 
-def build_objective(spec: ExperimentSpec, num_classes: int, device: torch.device) -> Objective:
-    """The training objective of `spec.distill.method`; distillers bring their frozen teacher."""
+def build_objective(
+    spec: ExperimentSpec, num_classes: int, device: torch.device, model: nn.Module | None = None
+) -> Objective:
+    """The training objective of `spec.distill.method`. DETRDistill brings its frozen teacher;
+    OD-DETR makes its EMA teacher from `model` (the bare student, already on `device`)."""
     m = spec.train.matcher
     matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou)
     loss = spec.train.loss
@@ -108,48 +112,87 @@ def build_objective(spec: ExperimentSpec, num_classes: int, device: torch.device
     )
     if spec.distill.method == "none":
         return DetectionObjective(criterion)
-    if spec.distill.method == "detrdistill":
+    offline = online = None
+    if (section := detrdistill_section(spec.distill)) is not None:
         from distill.detrdistill import DETRDistill
         from orchestrator.model_source import load_model
 
         teacher_config = spec.teacher.model.to_model_config(num_classes)
         teacher, _ = load_model(spec.teacher.weights, teacher_config, spec.mlflow.tracking_uri)
         student_config = spec.student.to_model_config(num_classes)
-        objective = DETRDistill(
+        offline = DETRDistill(
             teacher.to(device),
             teacher_config,
             student_config,
             criterion,
-            detrdistill_config(spec.distill),
-        )
-        return objective.to(device)
+            detrdistill_config(section),
+        ).to(device)
+    if (section := od_detr_section(spec.distill)) is not None:
+        from distill.detrdistill import query_kind
+        from distill.od_detr import ODDETR
+
+        if model is None:
+            raise ValueError("OD-DETR needs the student model to build its EMA teacher")
+        anchors = query_kind(spec.student.to_model_config(num_classes)) == "anchor"
+        online = ODDETR(model, criterion, od_detr_config(section), anchors).to(device)
+    if offline is not None and online is not None:
+        from distill.combined import CombinedDistill
+
+        return CombinedDistill(offline, online)
+    if offline is not None or online is not None:
+        return offline or online
     raise ValueError(f"distill.method {spec.distill.method!r} is not available in this build")
 
 
-def detrdistill_config(section: Any) -> Any:
-    """The spec's distill section as distill's plain config objects."""
-    from distill.detrdistill import DETRDistillConfig, TermConfig
+def od_detr_config(section: Any) -> Any:
+    """The spec's OD-DETR section as distill's plain config."""
+    from distill.od_detr import MatchingConfig, ODDETRConfig
     from distill.schedules import Schedule
 
-    def term(t: Any) -> TermConfig:
-        return TermConfig(
-            t.enabled,
-            t.weight,
-            t.cls,
-            t.bbox,
-            t.giou,
-            t.stage_weights,
-            Schedule(**t.schedule.model_dump()),
-        )
+    match = section.matching
+    return ODDETRConfig(
+        decay=section.ema.decay,
+        warmup=section.ema.warmup,
+        matching=MatchingConfig(
+            match.enabled,
+            match.weight,
+            match.classification == "quality_focal",
+            Schedule(**match.schedule.model_dump()),
+        ),
+        initial_query=_term(section.initial_query),
+        aux=_term(section.aux_groups),
+        aux_per_gt=section.aux_groups.queries_per_gt,
+        aux_pooled=section.aux_groups.grouping == "pooled",
+    )
+
+
+def _term(t: Any) -> Any:
+    from distill.schedules import Schedule, TermConfig
+
+    return TermConfig(
+        t.enabled,
+        t.weight,
+        t.cls,
+        t.bbox,
+        t.giou,
+        t.stage_weights,
+        Schedule(**t.schedule.model_dump()),
+    )
+
+
+def detrdistill_config(section: Any) -> Any:
+    """The spec's DETRDistill section as distill's plain config objects."""
+    from distill.detrdistill import DETRDistillConfig, TermConfig
+    from distill.schedules import Schedule
 
     c = section.contrastive
     contrastive = TermConfig(
         enabled=c.enabled, weight=c.weight, schedule=Schedule(**c.schedule.model_dump())
     )
     return DETRDistillConfig(
-        term(section.logits),
-        term(section.feature),
-        term(section.query_prior),
+        _term(section.logits),
+        _term(section.feature),
+        _term(section.query_prior),
         section.last_teacher_stage,
         section.feature.top_k,
         section.feature.floor,
@@ -184,13 +227,17 @@ def run_training(
     device = _device(spec)
     torch.manual_seed(spec.seed)
     train_set, val_set = build_datasets(spec.data)
-    stability = _stability_probe(spec) if rank == 0 else None
+    stability = _stability_probe(spec, "stability/") if rank == 0 else None
     m = spec.train.matcher
     probe_matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou)
     num_classes = train_set.num_classes
     model_config = spec.student.to_model_config(num_classes)
     model = build_model(model_config).to(device)
-    objective = build_objective(spec, num_classes, device)
+    objective = build_objective(spec, num_classes, device, model)
+    ema = getattr(objective, "ema_model", None)  # OD-DETR's EMA teacher, evaluated beside
+    ema_stability = _stability_probe(spec, "stability_ema/") if ema is not None else None
+    if rank != 0:
+        ema_stability = None
     loader = build_loader(train_set, spec.data.batch_size, True, spec.data.num_workers, spec.seed)
     val_loader = build_loader(
         val_set, spec.data.eval_batch_size or spec.data.batch_size, False, spec.data.num_workers
@@ -227,6 +274,8 @@ def run_training(
         state = {k: saved[k] for k in ("epoch", "history", "best", "last_eval")}
         if stability is not None and saved.get("stability"):
             stability.load_state_dict(saved["stability"])
+        if ema_stability is not None and saved.get("stability_ema"):
+            ema_stability.load_state_dict(saved["stability_ema"])
         if rank == 0:
             print(f"resuming from the checkpoint after epoch {state['epoch']}", flush=True)
     if world > 1:
@@ -282,10 +331,23 @@ def run_training(
                 print(
                     format_metrics_table(scores, title=f"epoch {epoch + 1} validation"), flush=True
                 )
+            if ema is not None:
+                scores, _ = evaluate(ema, val_loader, evaluator, device, amp=spec.train.amp)
+                state["last_eval"].update({f"val_ema/{k}": scores[k] for k in METRIC_NAMES})
+                if rank == 0:
+                    print(
+                        format_metrics_table(scores, title=f"epoch {epoch + 1} EMA validation"),
+                        flush=True,
+                    )
             if run_logger is not None:
                 _log_samples(run_logger, samples, val_set.class_names, epoch + 1)
         if stability is not None:  # every epoch: instability is change since the last epoch
             metrics.update(stability.measure(model, probe_matcher, device))
+        if ema_stability is not None:
+            metrics.update(ema_stability.measure(ema, probe_matcher, device))
+            metrics["stability/teacher_agreement"] = assignment_agreement(
+                stability.previous, ema_stability.previous
+            )
         fresh = dict(metrics, **(state["last_eval"] if evaluated else {}), epoch=epoch + 1)
         for key, value in fresh.items():
             state["history"].setdefault(key, []).append((epoch + 1, float(value)))
@@ -309,6 +371,8 @@ def run_training(
         if rank == 0:
             checkpoint_dir = reporter.new_checkpoint_dir(epoch + 1)
             state["stability"] = stability.state_dict() if stability is not None else None
+            if ema_stability is not None:
+                state["stability_ema"] = ema_stability.state_dict()
             _save_checkpoint(
                 checkpoint_dir, model, objective, optimizer, scheduler, rngs, epoch + 1, state
             )
@@ -322,13 +386,17 @@ def run_training(
             checkpoints.save_model_file(
                 checkpoint_dir / checkpoints.MODEL_FILE, unwrap(model), model_config, extra
             )
+            if ema is not None:
+                checkpoints.save_model_file(
+                    checkpoint_dir / checkpoints.EMA_MODEL_FILE, ema, model_config, extra
+                )
         reporter.report(metrics, checkpoint_dir)
         if resume is None and fault_after_epoch == epoch + 1:
             raise RuntimeError(f"fault injected after epoch {epoch + 1} by ${FAULT_ENV}")
     return metrics
 
 
-def _stability_probe(spec: ExperimentSpec) -> MatchingStability | None:
+def _stability_probe(spec: ExperimentSpec, prefix: str) -> MatchingStability | None:
     """The first training images, with the deterministic eval transform, in fixed batches."""
     count = spec.train.stability_probe_images
     if count == 0:
@@ -343,7 +411,7 @@ def _stability_probe(spec: ExperimentSpec) -> MatchingStability | None:
         collate_detection([probe[i] for i in indices[s : s + size]])
         for s in range(0, len(indices), size)
     ]
-    return MatchingStability(batches)
+    return MatchingStability(batches, prefix)
 
 
 def _save_checkpoint(
@@ -363,6 +431,7 @@ def _save_checkpoint(
             "best": state["best"],
             "last_eval": state["last_eval"],
             "stability": state.get("stability"),
+            "stability_ema": state.get("stability_ema"),
         },
     )
 
