@@ -1,4 +1,5 @@
-"""Step time of DETRDistill against training the student alone, and the teacher's forward.
+"""Step time of DETRDistill and OD-DETR against training the student alone, and the
+teacher's forward.
 
     python bench/distill_step.py [--batch 8] [--repeats 10]
 
@@ -21,12 +22,13 @@ from detr_models.build import build_model
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 from distill.detrdistill import DETRDistill
+from distill.od_detr import ODDETR
 from orchestrator.dataset import CocoDetection
 from orchestrator.engine import DetectionObjective, Progress
 from orchestrator.loader import collate_detection
 from orchestrator.spec_loader import load_spec
 from orchestrator.synth import ensure_shapes, split_paths
-from orchestrator.train import detrdistill_config
+from orchestrator.train import detrdistill_config, od_detr_config
 from orchestrator.transforms import eval_transforms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,12 +64,15 @@ def main() -> None:
     distill = DETRDistill(
         teacher, t_cfg, s_cfg, criterion, detrdistill_config(distill_spec.distill)
     )
+    online_spec = load_spec(ROOT / "experiments" / "shapes_deformable_oddetr.yaml")
+    online = ODDETR(student, criterion, od_detr_config(online_spec.distill), anchors=False)
     progress = Progress(0, 0, 1, 1)
 
     def step(objective) -> None:
         losses, _ = objective(student, batch, progress)
         total(losses).backward()
         student.zero_grad(set_to_none=True)
+        objective.after_step()  # the EMA update, for OD-DETR
 
     def teacher_forward() -> None:
         with torch.no_grad():
@@ -76,6 +81,10 @@ def main() -> None:
     rows = [
         ("student alone (fwd+bwd+loss)", timed(lambda: step(alone), args.repeats)),
         ("student + DETRDistill (A+B+C)", timed(lambda: step(distill), args.repeats)),
+        (
+            "student + OD-DETR (EMA, matching, init group, aux groups)",
+            timed(lambda: step(online), args.repeats),
+        ),
         ("teacher forward only", timed(teacher_forward, args.repeats)),
     ]
     print(
