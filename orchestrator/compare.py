@@ -60,6 +60,10 @@ def run_comparison(
         )
         label = f"{spec.name} ({spec.distill.method})"
         rows.append((label, result.metrics.get("val/AP"), result.metrics.get("val/AP50")))
+        if "val_ema/AP" in result.metrics:  # OD-DETR: its EMA model too
+            rows.append(
+                (f"{spec.name} (EMA)", result.metrics["val_ema/AP"], result.metrics["val_ema/AP50"])
+            )
     table = format_table(rows)
     print("\n" + table, flush=True)
     experiment = tracking.ensure_experiment(uri, "comparisons")
@@ -69,7 +73,7 @@ def run_comparison(
     logger = tracking.RunLogger(uri, run_id)
     logger.text(table, "comparison.txt")
     for label, ap, ap50 in rows:
-        key = label.split(" ")[0]
+        key = label.split(" ")[0] + ("-ema" if label.endswith("(EMA)") else "")
         logger.metrics({f"{key}/AP": ap or 0.0, f"{key}/AP50": ap50 or 0.0}, step=0)
     logger.finish()
     return rows
