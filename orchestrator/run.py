@@ -85,11 +85,8 @@ def run_experiment(
     storage_path: str | Path = "runs",
 ) -> RunResult:
     """Run `spec` (already resolved to absolute paths) end to end and return the summary."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from orchestrator import tracking
-    from orchestrator.train import FAULT_ENV, train_worker
+    from orchestrator.train import FAULT_ENV
 
     started = time.monotonic()
     num_classes = preflight(spec)
@@ -119,34 +116,17 @@ def run_experiment(
         f"experiment {spec.mlflow.experiment}, {uri})",
         flush=True,
     )
-    scaling = spec.scaling
-    resources = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = scaling.gpus_per_worker
-    if scaling.num_workers > 0:
+    if spec.scaling.num_workers > 0:
         _init_ray(address)
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "spec": spec.model_dump(mode="json"),
+    trainer = build_trainer(
+        spec,
+        run_key,
+        storage,
+        {
             "mlflow_run_id": run_id,
             "tracking_uri": uri,
-            "scratch_dir": str(storage / run_key / "scratch"),
             "fault_after_epoch": os.environ.get(FAULT_ENV),
         },
-        scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=run_key,
-            storage_path=str(storage),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=spec.checkpoint.num_to_keep,
-                checkpoint_score_attribute=spec.checkpoint.score_metric,
-                checkpoint_score_order=spec.checkpoint.score_mode,
-            ),
-            failure_config=FailureConfig(max_failures=scaling.max_failures),
-        ),
     )
     try:
         result = trainer.fit()
@@ -162,6 +142,41 @@ def run_experiment(
     summary = RunResult(run_key, run_id, uri, metrics, _best_ap(model_file), version, model_file)
     _print_summary(summary, spec, time.monotonic() - started)
     return summary
+
+
+def build_trainer(spec: ExperimentSpec, run_key: str, storage: Path, extra: dict, callbacks=None):
+    """The Ray Train TorchTrainer of a spec; its run name `run_key` makes it resumable."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.train import train_worker
+
+    scaling = spec.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "scratch_dir": str(storage / run_key / "scratch"),
+            **extra,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_key,
+            storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.checkpoint.num_to_keep,
+                checkpoint_score_attribute=spec.checkpoint.score_metric,
+                checkpoint_score_order=spec.checkpoint.score_mode,
+            ),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            callbacks=callbacks,
+        ),
+    )
 
 
 def _artifact_root(uri: str) -> str | None:

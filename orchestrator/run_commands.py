@@ -12,6 +12,20 @@ from orchestrator.errors import UserInputError
 def add_run_commands(commands) -> None:
     """Register run/eval/predict on the top-level subparsers."""
     run = commands.add_parser("run", help="train an experiment spec on Ray Train")
+    _add_launch_args(run, "run")
+    run.set_defaults(handler=_run)
+    sweep = commands.add_parser(
+        "sweep",
+        help="Ray Tune sweep of an experiment over its 'tune' section",
+        description="Trials are child MLflow runs of one parent run; the best trial's student "
+        "is registered under mlflow.register_as. The same command continues an interrupted sweep.",
+    )
+    _add_launch_args(sweep, "sweep")
+    sweep.set_defaults(handler=_sweep)
+    _add_other_commands(commands)
+
+
+def _add_launch_args(run: argparse.ArgumentParser, what: str) -> None:
     run.add_argument("spec", type=Path, help="experiment YAML")
     run.add_argument(
         "--set",
@@ -24,12 +38,16 @@ def add_run_commands(commands) -> None:
     run.add_argument(
         "--run-name",
         default="default",
-        help="names this run; the same name resumes, a new name starts fresh",
+        help=f"names this {what}; the same name resumes, a new name starts fresh",
     )
-    run.add_argument("--restart", action="store_true", help="discard checkpoints of this run name")
+    run.add_argument(
+        "--restart", action="store_true", help=f"discard checkpoints of this {what} name"
+    )
     run.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     run.add_argument("--storage", type=Path, default=Path("runs"), help="Ray checkpoint storage")
-    run.set_defaults(handler=_run)
+
+
+def _add_other_commands(commands) -> None:
 
     compare = commands.add_parser(
         "compare", help="teacher / baseline / distilled: train what is missing, print a table"
@@ -93,6 +111,15 @@ def _run(args: argparse.Namespace) -> int:
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
     run_experiment(spec, args.run_name, args.address, args.restart, args.storage)
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from orchestrator.spec_loader import load_spec, resolve_paths
+    from orchestrator.sweep import run_sweep
+
+    spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
+    result = run_sweep(spec, args.run_name, args.address, args.restart, args.storage)
+    return 0 if result.best is not None else 1
 
 
 def _compare(args: argparse.Namespace) -> int:

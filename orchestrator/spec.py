@@ -7,7 +7,7 @@ the chosen variant is caught. Loading, error formatting and overrides live in `s
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,6 +19,7 @@ from orchestrator.distill_spec import (
     detrdistill_section,
     od_detr_section,
 )
+from orchestrator.tune_spec import TuneSpec
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -274,9 +275,7 @@ class ExperimentSpec(Section):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
-    tune: dict[str, Any] | None = Field(
-        None, description="Ray Tune sweep (see `detrdistill sweep`)"
-    )
+    tune: TuneSpec | None = Field(None, description="Ray Tune sweep (`detrdistill sweep`)")
 
     def cross_field_problems(self) -> list[tuple[str, str]]:
         """(dotted path, message) for every rule that spans sections; empty when consistent."""

@@ -152,9 +152,27 @@ def _validate(
     for dotted, message in spec.cross_field_problems():
         path = [int(part) if part.isdigit() else part for part in dotted.split(".")]
         problems.append(_problem(path, message, where, root, applied))
+    if spec.tune is not None and not problems:
+        for path, message in _tune_problems(spec):
+            problems.append(_problem(path, message, where, root, applied))
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _tune_problems(spec: ExperimentSpec) -> list[tuple[list[str], str]]:
+    """The sweep's paths and values, each checked by validating the spec it would produce."""
+    from orchestrator.search_space import tune_problems
+
+    def check(sample: dict) -> list[str]:
+        try:
+            _validate(sample, None, None, ())
+        except SpecError as err:
+            return [f"{p.path}: {p.message}" if p.path else p.message for p in err.problems]
+        return []
+
+    full = spec.model_dump(mode="json", exclude={"tune"})
+    return tune_problems(full, spec.tune, spec.train.epochs, check)
 
 
 def _problem(

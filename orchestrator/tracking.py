@@ -50,13 +50,46 @@ def find_or_create_run(
     return run.info.run_id, False
 
 
-def delete_runs_with_key(uri: str, experiment_id: str, run_key: str) -> int:
-    """Delete earlier runs of this key (`--restart`); returns how many."""
+def delete_runs_with_key(uri: str, experiment_id: str, run_key: str, children: bool = False) -> int:
+    """Delete earlier runs of this key (`--restart`), and with `children` the runs keyed
+    `<run_key>/...` (a sweep's trials); returns how many."""
     client = _client(uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'")
+    query = f"tags.`{RUN_KEY_TAG}` = '{run_key}'"
+    runs = client.search_runs([experiment_id], filter_string=query)
+    if children:
+        query = f"tags.`{RUN_KEY_TAG}` LIKE '{run_key}/%'"
+        runs += client.search_runs([experiment_id], filter_string=query)
     for run in runs:
         client.delete_run(run.info.run_id)
     return len(runs)
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str, key_tag: str) -> dict[str, str]:
+    """{value of `key_tag`: run id} of the child runs of a parent run."""
+    runs = _client(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
+    return {r.data.tags[key_tag]: r.info.run_id for r in runs if key_tag in r.data.tags}
+
+
+def close_unfinished(uri: str, run_ids: Any) -> None:
+    """Mark runs still RUNNING (trials a scheduler stopped) as KILLED."""
+    client = _client(uri)
+    for run_id in run_ids:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+
+
+def register_run_model(uri: str, run_id: str, name: str, description: str) -> str | None:
+    """Register the student a run logged (`runs:/<id>/student`); None if it logged none."""
+    client = _client(uri)
+    if not any(a.path == "student" for a in client.list_artifacts(run_id)):
+        logger.warning("run %s logged no student model: nothing registered", run_id)
+        return None
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(f"runs:/{run_id}/student", name)
+    client.update_model_version(name, version.version, description)
+    return str(version.version)
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -171,6 +204,40 @@ def download(uri: str, source: str) -> Path:
     mlflow.set_tracking_uri(uri)
     target = tempfile.mkdtemp(prefix="detrdistill-")
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=target))
+
+
+def metric_vs_params_figure(rows: list[dict[str, Any]], metric: str) -> Any:
+    """A scatter of the best metric of every trial against each searched parameter (numbers on
+    a log axis when they span more than a decade, other values as categories)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = sorted({k for r in rows for k in r["params"]})
+    scored = [r for r in rows if r["best"] is not None]
+    if not names or not scored:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        values = [r["params"].get(name) for r in scored]
+        ys = [r["best"] for r in scored]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            ax.scatter(values, ys)
+            positive = [v for v in values if v > 0]
+            if len(positive) == len(values) and max(values) > 10 * min(values):
+                ax.set_xscale("log")
+        else:
+            labels = [str(v) for v in values]
+            ticks = sorted(set(labels))
+            ax.scatter([ticks.index(label) for label in labels], ys)
+            ax.set_xticks(range(len(ticks)), ticks, rotation=30, fontsize=7)
+        ax.set_xlabel(name, fontsize=8)
+        ax.set_ylabel(metric)
+    fig.tight_layout()
+    return fig
 
 
 def curves_figure(history: dict[str, list[tuple[int, float]]]) -> Any:

@@ -57,13 +57,16 @@ class Reporter(Protocol):
 
 
 class RayTrainReporter:
-    """Reporter for a Ray Train worker."""
+    """Reporter for a Ray Train worker, or (with `api=ray.tune`) for a Tune trial running the
+    loop itself, as PBT needs. `owner` names the trial that writes the checkpoints: a checkpoint
+    of another owner at resume means PBT copied it over (an exploit)."""
 
-    def __init__(self, scratch: str | Path) -> None:
+    def __init__(self, scratch: str | Path, api: Any = None, owner: str | None = None) -> None:
         import ray.train
 
-        self._train = ray.train
-        self.rank = ray.train.get_context().get_world_rank()
+        self._train = api or ray.train
+        self.rank = ray.train.get_context().get_world_rank() if api is None else 0
+        self.owner = owner
         self._dirs: list[tempfile.TemporaryDirectory] = []
         self.scratch = Path(scratch)
         self._written: list[Path] = []
@@ -262,6 +265,8 @@ def run_training(
         optim.gamma,
     )
     state: dict[str, Any] = {"epoch": 0, "history": {}, "best": None, "last_eval": {}}
+    owner = getattr(reporter, "owner", None)
+    exploited_from = None
     resume = reporter.resume_dir()
     if resume is not None:
         saved = checkpoints.load_training_state(resume)
@@ -272,6 +277,11 @@ def run_training(
         scheduler.load_state_dict(saved["scheduler"])
         checkpoints.set_rng_state(saved["rng"][min(rank, len(saved["rng"]) - 1)])
         state = {k: saved[k] for k in ("epoch", "history", "best", "last_eval")}
+        donor = saved.get("owner")
+        if owner is not None and donor not in (None, owner):
+            exploited_from = donor
+            if rank == 0:
+                print(f"PBT exploit: continuing from trial {donor}'s checkpoint", flush=True)
         if stability is not None and saved.get("stability"):
             stability.load_state_dict(saved["stability"])
         if ema_stability is not None and saved.get("stability_ema"):
@@ -349,6 +359,9 @@ def run_training(
                 stability.previous, ema_stability.previous
             )
         fresh = dict(metrics, **(state["last_eval"] if evaluated else {}), epoch=epoch + 1)
+        if owner is not None:  # a Tune trial: 1 on the first report after a PBT exploit
+            fresh["pbt/exploit"] = float(exploited_from is not None)
+            exploited_from = None
         for key, value in fresh.items():
             state["history"].setdefault(key, []).append((epoch + 1, float(value)))
         if run_logger is not None:
@@ -371,6 +384,7 @@ def run_training(
         if rank == 0:
             checkpoint_dir = reporter.new_checkpoint_dir(epoch + 1)
             state["stability"] = stability.state_dict() if stability is not None else None
+            state["owner"] = owner
             if ema_stability is not None:
                 state["stability_ema"] = ema_stability.state_dict()
             _save_checkpoint(
@@ -432,6 +446,7 @@ def _save_checkpoint(
             "last_eval": state["last_eval"],
             "stability": state.get("stability"),
             "stability_ema": state.get("stability_ema"),
+            "owner": state.get("owner"),
         },
     )
 

@@ -104,3 +104,15 @@ def small_coco(tmp_path: Path) -> tuple[Path, Path]:
         },
     ]
     return write_coco(tmp_path, images, annotations)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield
+    ray.shutdown()

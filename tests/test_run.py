@@ -169,18 +169,6 @@ def test_run_command_rejects_class_mismatch_before_starting(tmp_path, capsys, mo
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import os
-
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monkeypatch):
     # uninterrupted: one real Ray Train worker, two epochs

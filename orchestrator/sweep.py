@@ -1,0 +1,391 @@
+"""`detrdistill sweep`: a Ray Tune sweep of an experiment over its `tune:` section.
+
+- fifo / asha with random, grid or optuna search: Train-in-Tune. Each trial is a Tune function
+  that fits a Ray Train `TorchTrainer` (with `TuneReportCallback`), so a trial can itself use
+  several DDP workers.
+- pbt: the training loop runs directly in the Tune trial and reports Tune checkpoints, the only
+  way PBT can copy (exploit) one trial's checkpoint into another.
+
+MLflow: one parent run for the sweep (spec, search space, results table, metric-vs-parameter
+plot) and one child run per trial with everything a normal run has; the best trial's student
+is registered under `mlflow.register_as`. The sweep's Tune run name is `<spec name>-sweep-<run
+name>`, so the same command after an interruption continues the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.run import _artifact_root, _best_checkpoint, _export, _init_ray, build_trainer
+from orchestrator.run import preflight as _preflight
+from orchestrator.search_space import apply, mutation, to_tune
+from orchestrator.spec import ExperimentSpec
+from orchestrator.spec_loader import flatten_params, load_spec_dict, spec_to_yaml
+
+TRIAL_TAG = "detrdistill.trial"
+
+
+@dataclass
+class SweepResult:
+    sweep_key: str
+    parent_run_id: str
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    registered_version: str | None
+    table: str
+
+
+def trial_spec(base: dict, params: dict[str, Any], trial_name: str) -> ExperimentSpec:
+    """The spec of one trial: the base spec with the sampled values, validated again."""
+    data = apply(base, {k: v for k, v in params.items() if "." in k})
+    return load_spec_dict(data, source=f"trial {trial_name}")
+
+
+def _child_run(
+    context: dict, trial_id: str, trial_name: str, params: dict, spec: ExperimentSpec
+) -> str:
+    from orchestrator import tracking
+
+    uri = context["uri"]
+    tags = {
+        "mlflow.parentRunId": context["parent_run_id"],
+        TRIAL_TAG: trial_id,
+        "architecture": spec.student.architecture,
+        "method": spec.distill.method,
+    }
+    key = f"{context['sweep_key']}/{trial_id}"
+    run_id, resumed = tracking.find_or_create_run(
+        uri, context["experiment_id"], key, trial_name, tags
+    )
+    if not resumed:
+        logger = tracking.RunLogger(uri, run_id)
+        logger.text(spec_to_yaml(spec), "spec.yaml")
+        logger.params(flatten_params(spec))
+        logger.params({f"trial.{k}": json.dumps(v) for k, v in params.items()})
+    return run_id
+
+
+def train_in_tune_trial(config: dict, context: dict) -> None:
+    """A Tune function trial that fits a TorchTrainer and reports its metrics to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator import tracking
+
+    tune_context = ray.tune.get_context()
+    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
+    spec = trial_spec(context["base"], config, trial_name)
+    run_id = _child_run(context, trial_id, trial_name, config, spec)
+    storage = Path(context["storage"])
+    trainer = build_trainer(
+        spec,
+        f"{context['sweep_key']}-{trial_id}",
+        storage,
+        {"mlflow_run_id": run_id, "tracking_uri": context["uri"]},
+        callbacks=[TuneReportCallback()],
+    )
+    result = trainer.fit()
+    logger = tracking.RunLogger(context["uri"], run_id)
+    best = _best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
+    if best is not None:
+        _export(spec, best, logger, context["uri"], run_id, context["num_classes"])
+    logger.finish()
+
+
+def pbt_trial(config: dict, context: dict) -> None:
+    """A Tune function trial running the training loop itself, with Tune checkpoints (PBT)."""
+    import ray.tune
+
+    from orchestrator import tracking
+    from orchestrator.train import RayTrainReporter, run_training
+
+    tune_context = ray.tune.get_context()
+    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
+    spec = trial_spec(context["base"], config, trial_name)
+    run_id = _child_run(context, trial_id, trial_name, config, spec)
+    scratch = Path(context["storage"]) / context["sweep_key"] / "scratch" / trial_id
+    reporter = RayTrainReporter(scratch, api=ray.tune, owner=trial_id)
+
+    def logger_factory() -> Any:
+        return tracking.RunLogger(context["uri"], run_id)
+
+    run_training(spec, reporter, logger_factory)
+    logger = logger_factory()
+    if reporter._written:
+        checkpoint = ray.tune.Checkpoint.from_directory(str(reporter._written[-1]))
+        _export(spec, checkpoint, logger, context["uri"], run_id, context["num_classes"])
+    logger.finish()
+
+
+def _scheduler(spec: ExperimentSpec) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    s = spec.tune.scheduler
+    if s.kind == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+            max_t=s.max_epochs or spec.train.epochs,
+        )
+    if s.kind == "pbt":
+        return PopulationBasedTraining(
+            time_attr="epoch",
+            perturbation_interval=s.perturbation_interval,
+            hyperparam_mutations={k: mutation(d) for k, d in s.mutations.items()},
+            quantile_fraction=s.quantile_fraction,
+            resample_probability=s.resample_probability,
+            synch=s.synch,
+        )
+    return FIFOScheduler()
+
+
+def _searcher(spec: ExperimentSpec) -> Any:
+    if spec.tune.searcher != "optuna":
+        return None
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as err:
+        from orchestrator.errors import UserInputError
+
+        raise UserInputError(
+            f"tune.searcher: optuna is not installed ({err}); pip install 'detrdistill[optuna]'"
+        ) from None
+    return OptunaSearch()
+
+
+def _param_space(spec: ExperimentSpec) -> dict[str, Any]:
+    tune_spec = spec.tune
+    space = {k: to_tune(d, tune_spec.searcher) for k, d in tune_spec.search_space.items()}
+    if tune_spec.scheduler.kind == "pbt":
+        # PBT starts every trial from a sample of each mutated path
+        for key, distribution in tune_spec.scheduler.mutations.items():
+            space.setdefault(key, to_tune(distribution, "random"))
+    return space
+
+
+TRIAL_CPU = 0.01  # what a Train-in-Tune trial itself reserves (Tune rejects 0)
+
+
+def _concurrency(spec: ExperimentSpec, pbt: bool) -> int:
+    """`tune.max_concurrent_trials`, capped by what the cluster can hold at once: Tune does not
+    count a trial's Train workers, so too many concurrent trials wait for workers that never
+    start (Ray Train gives up after 60 s)."""
+    import ray
+
+    total = ray.cluster_resources()
+    scaling = spec.scaling
+    cpus = scaling.num_workers * scaling.cpus_per_worker + (0 if pbt else TRIAL_CPU)
+    fits = int(total.get("CPU", 0) // cpus) if cpus else spec.tune.max_concurrent_trials
+    if scaling.use_gpu and scaling.gpus_per_worker:
+        fits = min(
+            fits, int(total.get("GPU", 0) // (scaling.num_workers * scaling.gpus_per_worker))
+        )
+    wanted = spec.tune.max_concurrent_trials
+    if fits < 1:
+        from orchestrator.errors import UserInputError
+
+        raise UserInputError(
+            f"tune.resources: a trial needs {cpus:g} CPUs but the Ray cluster has "
+            f"{total.get('CPU', 0):g}; lower num_workers or cpus_per_worker"
+        )
+    if fits < wanted:
+        print(
+            f"running {fits} trial(s) at a time, not {wanted}: each needs {cpus:g} CPUs "
+            f"and the cluster has {total.get('CPU', 0):g} (lower tune.resources.cpus_per_worker "
+            "to fit more)",
+            flush=True,
+        )
+    return min(fits, wanted)
+
+
+def _with_trial_resources(spec: ExperimentSpec) -> ExperimentSpec:
+    r = spec.tune.resources
+    scaling = spec.scaling.model_copy(
+        update={
+            k: v
+            for k, v in (
+                ("num_workers", r.num_workers),
+                ("cpus_per_worker", r.cpus_per_worker),
+                ("gpus_per_worker", r.gpus_per_worker),
+            )
+            if v is not None
+        }
+    )
+    if r.gpus_per_worker:
+        scaling = scaling.model_copy(update={"use_gpu": True})
+    if scaling.num_workers == 0:
+        scaling = scaling.model_copy(update={"num_workers": 1})  # a trial needs a real worker
+    return spec.model_copy(update={"scaling": scaling})
+
+
+def run_sweep(
+    spec: ExperimentSpec,
+    run_name: str = "default",
+    address: str | None = None,
+    restart: bool = False,
+    storage_path: str | Path = "runs",
+) -> SweepResult:
+    """Run the sweep of `spec.tune` (paths already resolved) and return its results."""
+    from ray import tune
+
+    from orchestrator import tracking
+
+    if spec.tune is None:
+        from orchestrator.errors import UserInputError
+
+        raise UserInputError(f"{spec.name}: no 'tune' section; add one to sweep this experiment")
+    started = time.monotonic()
+    spec = _with_trial_resources(spec)
+    num_classes = _preflight(spec)
+    pbt = spec.tune.scheduler.kind == "pbt"
+    sweep_key = f"{spec.name}-sweep-{run_name}"
+    storage = Path(storage_path).resolve()
+    uri = spec.mlflow.tracking_uri
+    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment, _artifact_root(uri))
+    restorable = tune.Tuner.can_restore(str(storage / sweep_key))
+    if restart or not restorable:
+        shutil.rmtree(storage / sweep_key, ignore_errors=True)
+        for old in storage.glob(f"{sweep_key}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        tracking.delete_runs_with_key(uri, experiment_id, sweep_key, children=True)
+    parent_id, resumed = tracking.find_or_create_run(
+        uri, experiment_id, sweep_key, sweep_key, {"detrdistill.sweep": "parent"}
+    )
+    parent = tracking.RunLogger(uri, parent_id)
+    if not resumed:
+        parent.text(spec_to_yaml(spec), "sweep_spec.yaml")
+        parent.text(json.dumps(spec.tune.model_dump(mode="json"), indent=2), "search_space.json")
+        parent.params({k: v for k, v in flatten_params(spec).items() if k.startswith("tune.")})
+    print(
+        f"{'resuming' if resumed else 'starting'} sweep {sweep_key} ({spec.tune.scheduler.kind}, "
+        f"{spec.tune.searcher} search; MLflow parent run {parent_id} in {uri})",
+        flush=True,
+    )
+    _init_ray(address)
+    concurrent = _concurrency(spec, pbt)
+    base = spec.model_dump(mode="json", exclude={"tune"})
+    base["mlflow"]["register_as"] = None  # only the best trial is registered, by the driver
+    context = {
+        "base": base,
+        "uri": uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_id,
+        "sweep_key": sweep_key,
+        "storage": str(storage),
+        "num_classes": num_classes,
+    }
+    function = pbt_trial if pbt else train_in_tune_trial
+    if pbt:
+        scaling = spec.scaling
+        resources = {"CPU": scaling.cpus_per_worker}
+        if scaling.use_gpu:
+            resources["GPU"] = scaling.gpus_per_worker
+    else:
+        resources = {"CPU": TRIAL_CPU}  # the trial only drives its TorchTrainer's workers
+    trainable = tune.with_resources(tune.with_parameters(function, context=context), resources)
+    if restorable and not restart:
+        print(f"continuing the interrupted sweep in {storage / sweep_key}", flush=True)
+        tuner = tune.Tuner.restore(
+            str(storage / sweep_key), trainable=trainable, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.tune.metric,
+                mode=spec.tune.mode,
+                num_samples=spec.tune.num_samples,
+                max_concurrent_trials=concurrent,
+                scheduler=_scheduler(spec),
+                search_alg=_searcher(spec),
+            ),
+            run_config=tune.RunConfig(name=sweep_key, storage_path=str(storage)),
+        )
+    grid = tuner.fit()
+    rows = results_rows(grid, spec.tune.metric, spec.tune.mode)
+    children = tracking.child_runs(uri, experiment_id, parent_id, TRIAL_TAG)
+    tracking.close_unfinished(uri, children.values())
+    table = format_results(rows, spec.tune.metric)
+    best = rows[0] if rows and rows[0]["best"] is not None else None
+    version = None
+    if best is not None and spec.mlflow.register_as and best["trial_id"] in children:
+        version = tracking.register_run_model(
+            uri,
+            children[best["trial_id"]],
+            spec.mlflow.register_as,
+            f"best trial {best['trial']} of sweep {sweep_key}: {spec.tune.metric} "
+            f"{best['best']:.4f} with " + json.dumps(best["params"]),
+        )
+    parent.text(table, "results.md")
+    figure = tracking.metric_vs_params_figure(rows, spec.tune.metric)
+    if figure is not None:
+        parent.figure(figure, "metric_vs_params.png")
+    if best is not None:
+        parent.metrics({f"best/{spec.tune.metric}": best["best"]}, step=0)
+    parent.finish()
+    minutes = (time.monotonic() - started) / 60
+    print(f"\nsweep {sweep_key} finished in {minutes:.1f} min\n{table}", flush=True)
+    if version is not None:
+        print(f"best trial registered as models:/{spec.mlflow.register_as}/{version}", flush=True)
+    return SweepResult(sweep_key, parent_id, rows, best, version, table)
+
+
+def results_rows(grid: Any, metric: str, mode: str) -> list[dict[str, Any]]:
+    """One row per trial (params, last and best metric, epochs, status, PBT exploits), sorted
+    by the best metric."""
+    rows = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        values: list[float] = []
+        exploits = 0
+        if frame is not None and metric in frame:
+            values = [
+                v for v in frame[metric].tolist() if isinstance(v, float) and math.isfinite(v)
+            ]
+        if frame is not None and "pbt/exploit" in frame:
+            exploits = int(frame["pbt/exploit"].fillna(0).sum())
+        metrics = result.metrics or {}
+        best = (max(values) if mode == "max" else min(values)) if values else None
+        rows.append(
+            {
+                "trial": metrics.get("trial_id") or (result.path or "").rsplit("/", 1)[-1],
+                "trial_id": metrics.get("trial_id"),
+                "params": {k: v for k, v in (result.config or {}).items() if "." in k},
+                "last": values[-1] if values else None,
+                "best": best,
+                "epochs": int(metrics.get("epoch", 0) or 0),
+                "status": "error" if result.error else "done",
+                "exploits": exploits,
+            }
+        )
+    sign = -1 if mode == "max" else 1
+    rows.sort(key=lambda r: (r["best"] is None, sign * (r["best"] or 0.0)))
+    return rows
+
+
+def format_results(rows: list[dict[str, Any]], metric: str) -> str:
+    """A markdown table of the trials, best first."""
+    names = sorted({k for r in rows for k in r["params"]})
+    header = ["trial", *names, f"best {metric}", f"last {metric}", "epochs", "status", "exploits"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return json.dumps(value) if not isinstance(value, str) else value
+
+    for r in rows:
+        values = [r["trial"], *(r["params"].get(n) for n in names), r["best"], r["last"]]
+        values += [r["epochs"], r["status"], r["exploits"]]
+        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+    return "\n".join(lines)
