@@ -310,16 +310,19 @@ def run_sweep(
             run_config=tune.RunConfig(name=sweep_key, storage_path=str(storage)),
         )
     grid = tuner.fit()
-    rows = results_rows(grid, spec.tune.metric, spec.tune.mode)
+    rows = results_rows(grid, spec.tune.metric, spec.tune.mode, spec.train.epochs)
     children = tracking.child_runs(uri, experiment_id, parent_id, TRIAL_TAG)
     tracking.close_unfinished(uri, children.values())
     table = format_results(rows, spec.tune.metric)
     best = rows[0] if rows and rows[0]["best"] is not None else None
     version = None
     if best is not None and spec.mlflow.register_as and best["trial_id"] in children:
+        child = children[best["trial_id"]]
+        if not tracking.has_model(uri, child):  # stopped early by the scheduler: export now
+            _export_stopped_trial(context, best, child)
         version = tracking.register_run_model(
             uri,
-            children[best["trial_id"]],
+            child,
             spec.mlflow.register_as,
             f"best trial {best['trial']} of sweep {sweep_key}: {spec.tune.metric} "
             f"{best['best']:.4f} with " + json.dumps(best["params"]),
@@ -338,7 +341,35 @@ def run_sweep(
     return SweepResult(sweep_key, parent_id, rows, best, version, table)
 
 
-def results_rows(grid: Any, metric: str, mode: str) -> list[dict[str, Any]]:
+def _export_stopped_trial(context: dict, row: dict, run_id: str) -> None:
+    """Export a trial that the scheduler stopped before it could export itself, from the best
+    of its Ray Train checkpoints."""
+    import ray.train
+
+    from orchestrator import checkpoints, tracking
+
+    spec = trial_spec(context["base"], row["params"], row["trial"])
+    folder = Path(context["storage"]) / f"{context['sweep_key']}-{row['trial_id']}"
+    scored = []
+    for path in folder.glob("checkpoint_*"):
+        if (path / checkpoints.STATE_FILE).is_file():
+            value = (
+                checkpoints.load_training_state(path)
+                .get("last_eval", {})
+                .get(spec.checkpoint.score_metric)
+            )
+            if value is not None:
+                scored.append((value, path))
+    if not scored:
+        return
+    pick = max if spec.checkpoint.score_mode == "max" else min
+    _, path = pick(scored, key=lambda item: item[0])
+    logger = tracking.RunLogger(context["uri"], run_id)
+    checkpoint = ray.train.Checkpoint.from_directory(str(path))
+    _export(spec, checkpoint, logger, context["uri"], run_id, context["num_classes"])
+
+
+def results_rows(grid: Any, metric: str, mode: str, epochs: int) -> list[dict[str, Any]]:
     """One row per trial (params, last and best metric, epochs, status, PBT exploits), sorted
     by the best metric."""
     rows = []
@@ -362,12 +393,17 @@ def results_rows(grid: Any, metric: str, mode: str) -> list[dict[str, Any]]:
                 "last": values[-1] if values else None,
                 "best": best,
                 "epochs": int(metrics.get("epoch", 0) or 0),
-                "status": "error" if result.error else "done",
+                "status": "error"
+                if result.error
+                else "stopped early"
+                if int(metrics.get("epoch", 0) or 0) < epochs
+                else "done",
                 "exploits": exploits,
             }
         )
     sign = -1 if mode == "max" else 1
-    rows.sort(key=lambda r: (r["best"] is None, sign * (r["best"] or 0.0)))
+    # ties go to the trial that trained longest
+    rows.sort(key=lambda r: (r["best"] is None, sign * (r["best"] or 0.0), -r["epochs"]))
     return rows
 
 

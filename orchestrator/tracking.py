@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger("detrdistill")
 RUN_KEY_TAG = "detrdistill.run_key"
+MODEL_URI_TAG = "detrdistill.model_uri"  # where log_model put the run's exported student
 
 
 def _client(uri: str) -> MlflowClient:
@@ -80,14 +81,20 @@ def close_unfinished(uri: str, run_ids: Any) -> None:
             client.set_terminated(run_id, status="KILLED")
 
 
+def has_model(uri: str, run_id: str) -> bool:
+    """Whether the run logged an exported student (`log_model` tags the run with its URI)."""
+    return MODEL_URI_TAG in _client(uri).get_run(run_id).data.tags
+
+
 def register_run_model(uri: str, run_id: str, name: str, description: str) -> str | None:
-    """Register the student a run logged (`runs:/<id>/student`); None if it logged none."""
+    """Register the student a run logged; None if it logged none."""
     client = _client(uri)
-    if not any(a.path == "student" for a in client.list_artifacts(run_id)):
+    if not has_model(uri, run_id):
         logger.warning("run %s logged no student model: nothing registered", run_id)
         return None
     mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(f"runs:/{run_id}/student", name)
+    model_uri = client.get_run(run_id).data.tags[MODEL_URI_TAG]
+    version = mlflow.register_model(model_uri, name)
     client.update_model_version(name, version.version, description)
     return str(version.version)
 
@@ -181,6 +188,8 @@ def log_model(
             extra_files=[str(model_file)],
             pip_requirements=_requirements(),
         )
+    # MLflow 3 stores models as LoggedModels (models:/m-...), not under the run's artifacts
+    _client(uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     if not register_as:
         return None
     version = mlflow.register_model(info.model_uri, register_as)

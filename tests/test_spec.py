@@ -24,7 +24,7 @@ from orchestrator.spec_loader import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 BAD_SPECS = sorted((ROOT / "tests" / "bad_specs").glob("*.yaml"))
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 
