@@ -97,7 +97,9 @@ def auxiliary_groups(
         offsets = [k * teacher_out.logits.shape[2] for k in range(len(per_stage))]
         selections = [
             (
-                torch.cat([s[b][0] + off for (s, _, _), off in zip(per_stage, offsets, strict=True)]),
+                torch.cat(
+                    [s[b][0] + off for (s, _, _), off in zip(per_stage, offsets, strict=True)]
+                ),
                 torch.cat([s[b][1] for s, _, _ in per_stage]),
             )
             for b in range(len(targets))

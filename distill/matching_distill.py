@@ -54,7 +54,9 @@ def map_by_token(
 
 def _pairs(indices: Sequence[Assignment], targets: Sequence[dict], device: torch.device):
     """(image, query, gt label, gt box) of every pair, flattened over the batch."""
-    batch = torch.cat([torch.full((len(q),), b, dtype=torch.int64) for b, (q, _) in enumerate(indices)])
+    batch = torch.cat(
+        [torch.full((len(q),), b, dtype=torch.int64) for b, (q, _) in enumerate(indices)]
+    )
     query = torch.cat([q.long().cpu() for q, _ in indices])
     labels = torch.cat(
         [t["labels"].cpu()[g.cpu()] for t, (_, g) in zip(targets, indices, strict=True)]
@@ -83,12 +85,16 @@ def extra_teacher_pairs(
     return extra
 
 
-def agreement(student_idx: Sequence[Assignment], teacher_idx: Sequence[Assignment]) -> tuple[int, int]:
+def agreement(
+    student_idx: Sequence[Assignment], teacher_idx: Sequence[Assignment]
+) -> tuple[int, int]:
     """(GTs matched to the same query by student and teacher, GTs) over the batch."""
     same, total = 0, 0
     for (sq, sg), (tq, tg) in zip(student_idx, teacher_idx, strict=True):
         teacher_query = dict(zip(tg.tolist(), tq.tolist(), strict=True))
-        same += sum(teacher_query.get(g) == q for q, g in zip(sq.tolist(), sg.tolist(), strict=True))
+        same += sum(
+            teacher_query.get(g) == q for q, g in zip(sq.tolist(), sg.tolist(), strict=True)
+        )
         total += len(sg)
     return same, total
 

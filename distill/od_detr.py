@@ -172,8 +172,12 @@ class ODDETR(nn.Module):
                 losses[f"loss_cls_s{k}"] = terms["cls"] * crit.weight_cls * w
                 losses[f"loss_bbox_s{k}"] = terms["bbox"] * crit.weight_bbox * w
                 losses[f"loss_giou_s{k}"] = terms["giou"] * crit.weight_giou * w
-                losses[f"distill_match_bbox_s{k}"] = terms["teacher_bbox"] * crit.weight_bbox * w * w_t
-                losses[f"distill_match_giou_s{k}"] = terms["teacher_giou"] * crit.weight_giou * w * w_t
+                losses[f"distill_match_bbox_s{k}"] = (
+                    terms["teacher_bbox"] * crit.weight_bbox * w * w_t
+                )
+                losses[f"distill_match_giou_s{k}"] = (
+                    terms["teacher_giou"] * crit.weight_giou * w * w_t
+                )
                 if k == s_out.num_stages - 1:
                     same, total = agreement(own, theirs)
                     extra = sum(len(q) for q, _ in theirs) - same

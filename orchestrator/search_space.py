@@ -87,7 +87,9 @@ def space_problems(
     return problems
 
 
-def tune_problems(full: dict, tune: TuneSpec, epochs: int, check: Check) -> list[tuple[list[str], str]]:
+def tune_problems(
+    full: dict, tune: TuneSpec, epochs: int, check: Check
+) -> list[tuple[list[str], str]]:
     """Every problem of a `tune` section against the spec it sweeps."""
     problems = space_problems(full, tune.search_space, ["tune", "search_space"], check)
     kinds = {d.kind for d in tune.search_space.values()}

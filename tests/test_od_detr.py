@@ -333,9 +333,7 @@ def _ddp_ema_worker(rank: int, world_size: int, init_file: str, out_dir: str) ->
 def test_ema_follows_the_synchronised_weights_under_ddp(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(
-        _ddp_ema_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
-    )
+    mp.spawn(_ddp_ema_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for key in first["ema"]:
         assert torch.equal(first["ema"][key], second["ema"][key])
