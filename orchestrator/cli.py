@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.run_commands import add_run_commands
 
     add_run_commands(commands)
+
+    from orchestrator.cluster_commands import add_cluster_commands
+
+    add_cluster_commands(commands)
     return parser
 
 

@@ -71,6 +71,7 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray Job
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

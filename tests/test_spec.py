@@ -155,8 +155,10 @@ def test_dict_specs_name_their_source():
 
 
 def test_plain_exponent_floats_are_floats(tmp_path):
-    spec = load_spec(_write(tmp_path, "name: x\nstudent: {architecture: detr}\ntune: {lr: 1e-4}\n"))
-    assert spec.tune == {"lr": 1e-4}
+    spec = load_spec(
+        _write(tmp_path, "name: x\nstudent: {architecture: detr}\noptim: {lr: 1e-4}\n")
+    )
+    assert spec.optim.lr == 1e-4 and isinstance(spec.optim.lr, float)
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -274,7 +276,7 @@ def test_resolve_paths_defaults(tmp_path, monkeypatch):
 
 
 def test_flatten_params():
-    spec = load_spec(QUICKSTART, ["tune={note: " + "x" * 900 + "}"])
+    spec = load_spec(QUICKSTART, ["mlflow.experiment=" + "x" * 900])
     params = flatten_params(spec)
     assert params["optim.lr"] == "0.001"
     assert params["student.architecture"] == "deformable_detr"
@@ -282,7 +284,7 @@ def test_flatten_params():
     assert params["data.train_scales"] == "[96,112,128]"
     assert params["train.loss.stage_weights"] == "None"
     assert params["train.matcher.cost_giou"] == "2.0"
-    assert len(params["tune.note"]) == MAX_PARAM_CHARS
+    assert len(params["mlflow.experiment"]) == MAX_PARAM_CHARS
     assert all(isinstance(v, str) for v in params.values())
     assert not any(isinstance(v, dict) for v in params.values())
 

@@ -1,0 +1,206 @@
+"""Submitting to a Ray cluster: local tracking refused, the token never shown, and a real local
+Ray head (dashboard) with a real `mlflow server` running a submitted experiment."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.cluster_commands import server_command
+
+BIN = Path(sys.executable).parent
+SECRET = "s3cr3t-token-value-42"
+
+
+def tiny_yaml(path: Path, tracking_uri: str | None, epochs: int = 1, **extra) -> Path:
+    spec = {
+        "name": "remote-tiny",
+        "data": {
+            "source": {
+                "kind": "synthetic",
+                "train_images": 8,
+                "val_images": 4,
+                "image_size": 64,
+                "cache_dir": "data/cache",
+            },
+            "train_scales": [64],
+            "max_size": 96,
+            "crop": False,
+            "eval_size": 64,
+            "batch_size": 4,
+            "num_workers": 0,
+        },
+        "student": {
+            "architecture": "detr",
+            "backbone": "tiny",
+            "tiny_width": 8,
+            "levels": ["C4"],
+            "hidden_dim": 32,
+            "num_heads": 4,
+            "encoder_layers": 1,
+            "decoder_layers": 2,
+            "ffn_dim": 64,
+            "num_queries": 8,
+            "dropout": 0.0,
+        },
+        "train": {"epochs": epochs, "log_every": 1, "stability_probe_images": 2},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        "mlflow": {"register_as": "remote-tiny", "log_images": 0},
+        **extra,
+    }
+    if tracking_uri:
+        spec["mlflow"]["tracking_uri"] = tracking_uri
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("uri", [None, "sqlite:///mlflow.db", "/tmp/mlruns", "file:///tmp/x"])
+def test_a_local_tracking_uri_is_refused_before_anything_is_sent(
+    tmp_path, uri, capsys, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = tiny_yaml(tmp_path / "spec.yaml", uri)
+    code = main(["submit", str(spec), "--address", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "mlflow.tracking_uri" in err and "http(s)://" in err and str(spec) in err
+
+
+def test_the_token_never_appears_in_output(tmp_path, capsys):
+    token = tmp_path / "token"
+    token.write_text(SECRET + "\n")
+    spec = tiny_yaml(tmp_path / "spec.yaml", "http://127.0.0.1:9")
+    # nothing listens on port 9: the request fails, and its error must not carry the header
+    code = main(
+        ["submit", str(spec), "--address", "http://127.0.0.1:9", "--token-file", str(token)]
+    )
+    out = capsys.readouterr()
+    assert code == 2 and "127.0.0.1:9" in out.err
+    assert SECRET not in out.out + out.err
+    code = main(["jobs", "list", "--address", "http://127.0.0.1:9", "--token-file", str(token)])
+    out = capsys.readouterr()
+    assert code == 2 and SECRET not in out.out + out.err
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    assert main(["jobs", "list", "--address", "http://x:1", "--token-file", str(empty)]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer in {seconds}s")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A local Ray head with the dashboard and an MLflow server, on free loopback ports; both
+    are stopped whatever happens."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}")
+    gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
+    temp = Path("/tmp") / f"rt{os.getpid()}"  # ray's socket paths must stay short
+    server = subprocess.Popen(
+        server_command(tmp_path / "mlflow", "127.0.0.1", mlflow_port),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        subprocess.run(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--num-cpus",
+                "2",
+                "--port",
+                str(gcs),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard),
+                "--include-dashboard",
+                "true",
+                "--temp-dir",
+                str(temp),
+                "--disable-usage-stats",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for(f"{address}/api/version", 60)
+        wait_for(f"http://127.0.0.1:{mlflow_port}/health", 60)
+        yield address, f"http://127.0.0.1:{mlflow_port}"
+    finally:
+        subprocess.run(
+            [str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
+        )
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, capsys):
+    address, tracking = cluster
+    spec = tiny_yaml(tmp_path / "spec.yaml", tracking, epochs=2)
+    code = main(["submit", str(spec), "--address", address, "--wait"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "submitted job detrdistill-remote-tiny-" in out and "SUCCEEDED" in out
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("remote-tiny")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+    assert client.get_model_version("remote-tiny", "1").run_id == run.info.run_id
+
+    # a longer job, stopped while it runs
+    long_spec = tiny_yaml(tmp_path / "long.yaml", tracking, epochs=200)
+    assert main(["submit", str(long_spec), "--address", address]) == 0
+    job_id = next(
+        line.split()[-1] for line in capsys.readouterr().out.splitlines() if "submitted job" in line
+    )
+    deadline = time.monotonic() + 120
+    while main(["jobs", "status", job_id, "--address", address]) == 0:
+        if '"RUNNING"' in capsys.readouterr().out or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert main(["jobs", "stop", job_id, "--address", address]) == 0
+    deadline = time.monotonic() + 120
+    status = ""
+    while time.monotonic() < deadline and '"STOPPED"' not in status:
+        main(["jobs", "status", job_id, "--address", address])
+        status = capsys.readouterr().out
+        time.sleep(2)
+    assert '"STOPPED"' in status
+    assert main(["jobs", "list", "--address", address]) == 0
+    listing = capsys.readouterr().out
+    assert job_id in listing and "SUCCEEDED" in listing
