@@ -22,7 +22,9 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument("--wait", action="store_true", help="stream the logs until the job ends")
     submit.add_argument("--runtime-env", type=Path, help="YAML/JSON runtime env to merge in")
     submit.add_argument("--token-file", type=Path, help="file holding the Ray auth token")
-    submit.add_argument("--run-name", default="default", help="run name on the cluster")
+    submit.add_argument(
+        "--run-name", help="run name on the cluster (default: job-<time>, a new run per job)"
+    )
     submit.add_argument(
         "--set",
         dest="overrides",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +23,34 @@ from orchestrator.export import ExportedDetector
 from orchestrator.model_source import check_source_syntax, load_model
 from orchestrator.spec import ExperimentSpec
 from orchestrator.spec_loader import flatten_params, spec_to_yaml
+
+# MLflow runs this process has open, so that a stop signal can close them (see the CLI)
+ACTIVE_RUNS: list = []
+
+
+_handle_stop = False
+
+
+def handle_stop_signals() -> None:
+    """Treat SIGTERM (how `detrdistill jobs stop` ends a job) like Ctrl-C, closing this
+    process's MLflow runs as KILLED at once, so they do not stay RUNNING forever. `ray.init`
+    installs its own SIGTERM handler, so `_init_ray` installs this one again after it."""
+    global _handle_stop
+    _handle_stop = True
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+
+
+def _on_stop_signal(signum, frame) -> None:
+    close_active_runs("KILLED")  # at once: the process may be killed before it unwinds
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def close_active_runs(status: str) -> None:
+    while ACTIVE_RUNS:
+        try:
+            ACTIVE_RUNS.pop().finish(status)
+        except Exception as err:  # closing is best effort while being stopped
+            print(f"could not close an MLflow run: {err}", flush=True)
 
 
 @dataclass
@@ -76,6 +105,8 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=True, log_to_driver=True)
+    if _handle_stop:
+        signal.signal(signal.SIGTERM, _on_stop_signal)
 
 
 def run_experiment(
@@ -109,6 +140,7 @@ def run_experiment(
     }
     run_id, resumed = tracking.find_or_create_run(uri, experiment_id, run_key, run_key, tags)
     run_logger = tracking.RunLogger(uri, run_id)
+    ACTIVE_RUNS.append(run_logger)
     if not resumed:
         run_logger.text(spec_to_yaml(spec), "spec.yaml")
         run_logger.params(flatten_params(spec))
@@ -131,6 +163,9 @@ def run_experiment(
     )
     try:
         result = trainer.fit()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `detrdistill jobs stop` (see the CLI)
+        close_active_runs("KILLED")
+        raise
     except Exception:
         run_logger.finish("FAILED")
         raise
@@ -139,6 +174,7 @@ def run_experiment(
     if best is not None:
         version, model_file = _export(spec, best, run_logger, uri, run_id, num_classes)
     run_logger.finish()
+    ACTIVE_RUNS.remove(run_logger)
     metrics = dict(result.metrics or {})
     summary = RunResult(run_key, run_id, uri, metrics, _best_ap(model_file), version, model_file)
     _print_summary(summary, spec, time.monotonic() - started)
@@ -267,6 +303,8 @@ def _print_summary(result: RunResult, spec: ExperimentSpec, seconds: float) -> N
         f"  registered as models:/{spec.mlflow.register_as}/{result.registered_version}"
         if result.registered_version
         else "  not registered (set mlflow.register_as)",
-        f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}",
+        f"  browse: {result.tracking_uri}"
+        if result.tracking_uri.startswith(("http://", "https://"))
+        else f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}",
     ]
     print("\n".join(line for line in lines if line), flush=True)

@@ -105,19 +105,22 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.run import run_experiment
+    from orchestrator.run import handle_stop_signals, run_experiment
     from orchestrator.spec_loader import load_spec, resolve_paths
 
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
+    handle_stop_signals()
     run_experiment(spec, args.run_name, args.address, args.restart, args.storage)
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from orchestrator.run import handle_stop_signals
     from orchestrator.spec_loader import load_spec, resolve_paths
     from orchestrator.sweep import run_sweep
 
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
+    handle_stop_signals()
     result = run_sweep(spec, args.run_name, args.address, args.restart, args.storage)
     return 0 if result.best is not None else 1
 

@@ -114,9 +114,12 @@ def submit(
     wait: bool = False,
     runtime_env_file: Path | None = None,
     token_file: Path | None = None,
-    run_name: str = "default",
+    run_name: str | None = None,
 ) -> int:
-    """Submit `detrdistill run` (or `sweep`) of a spec as a Ray Job; returns the exit code."""
+    """Submit `detrdistill run` (or `sweep`) of a spec as a Ray Job; returns the exit code.
+
+    Each submission is its own run (run name `job-<time>`) unless `run_name` is given: the job's
+    directory is fresh, so reusing a name would replace the earlier run's MLflow record."""
     spec = load_spec(spec_file, overrides)
     uri = remote_tracking_uri(spec, str(spec_file))
     if spec.mlflow.tracking_uri is None:
@@ -138,7 +141,12 @@ def submit(
     command = "sweep" if sweep else "run"
     runtime_env.setdefault("working_dir", str(folder))
     runtime_env.setdefault("py_modules", [str(ROOT / name) for name in PACKAGES])
-    job_id = f"detrdistill-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # `jobs stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default is 3):
+    # time to close the MLflow run as KILLED
+    runtime_env.setdefault("env_vars", {}).setdefault("RAY_JOB_STOP_WAIT_TIME_S", "30")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    job_id = f"detrdistill-{spec.name}-{stamp}"
+    run_name = run_name or f"job-{stamp}"
     experiment = spec.mlflow.experiment or spec.name
     client.call(
         "submit_job",
@@ -187,7 +195,8 @@ def jobs_command(args: Any) -> int:
     client = Client(args.address, args.token_file)
     if args.action == "list":
         rows = client.call("list_jobs")
-        print(f"{'job id':<44}{'status':<11}{'started':<21}entrypoint")
+        width = max([len(j.submission_id or j.job_id or "-") for j in rows] + [6]) + 2
+        print(f"{'job id':<{width}}{'status':<11}{'started':<21}entrypoint")
         for job in sorted(rows, key=lambda j: j.start_time or 0):
             started = (
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
@@ -195,10 +204,11 @@ def jobs_command(args: Any) -> int:
                 else "-"
             )
             name = job.submission_id or job.job_id or "-"
-            print(f"{name:<44}{job.status.value:<11}{started:<21}{job.entrypoint[:60]}")
+            print(f"{name:<{width}}{job.status.value:<11}{started:<21}{job.entrypoint[:60]}")
         return 0
     if not args.job_id:
         raise UserInputError(f"jobs {args.action}: give the job id (see `detrdistill jobs list`)")
+    client.call("get_job_status", args.job_id)  # an unknown id is an error before anything else
     if args.action == "status":
         info = client.call("get_job_info", args.job_id)
         print(

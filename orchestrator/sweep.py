@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.run import _artifact_root, _best_checkpoint, _export, _init_ray, build_trainer
+from orchestrator.run import (
+    ACTIVE_RUNS,
+    _artifact_root,
+    _best_checkpoint,
+    _export,
+    _init_ray,
+    build_trainer,
+    close_active_runs,
+)
 from orchestrator.run import preflight as _preflight
 from orchestrator.search_space import apply, mutation, to_tune
 from orchestrator.spec import ExperimentSpec
@@ -259,6 +267,7 @@ def run_sweep(
         uri, experiment_id, sweep_key, sweep_key, {"detrdistill.sweep": "parent"}
     )
     parent = tracking.RunLogger(uri, parent_id)
+    ACTIVE_RUNS.append(parent)
     if not resumed:
         parent.text(spec_to_yaml(spec), "sweep_spec.yaml")
         parent.text(json.dumps(spec.tune.model_dump(mode="json"), indent=2), "search_space.json")
@@ -309,7 +318,11 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(name=sweep_key, storage_path=str(storage)),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        close_active_runs("KILLED")
+        raise
     rows = results_rows(grid, spec.tune.metric, spec.tune.mode, spec.train.epochs)
     children = tracking.child_runs(uri, experiment_id, parent_id, TRIAL_TAG)
     tracking.close_unfinished(uri, children.values())
@@ -334,6 +347,7 @@ def run_sweep(
     if best is not None:
         parent.metrics({f"best/{spec.tune.metric}": best["best"]}, step=0)
     parent.finish()
+    ACTIVE_RUNS.remove(parent)
     minutes = (time.monotonic() - started) / 60
     print(f"\nsweep {sweep_key} finished in {minutes:.1f} min\n{table}", flush=True)
     if version is not None:

@@ -188,11 +188,13 @@ def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, 
     job_id = next(
         line.split()[-1] for line in capsys.readouterr().out.splitlines() if "submitted job" in line
     )
-    deadline = time.monotonic() + 120
-    while main(["jobs", "status", job_id, "--address", address]) == 0:
-        if '"RUNNING"' in capsys.readouterr().out or time.monotonic() > deadline:
+    deadline = time.monotonic() + 180  # until the job has started its MLflow run
+    while time.monotonic() < deadline:
+        if len(client.search_runs([experiment.experiment_id])) == 2:
             break
         time.sleep(2)
+    assert main(["jobs", "status", job_id, "--address", address]) == 0
+    assert '"RUNNING"' in capsys.readouterr().out
     assert main(["jobs", "stop", job_id, "--address", address]) == 0
     deadline = time.monotonic() + 120
     status = ""
@@ -201,6 +203,14 @@ def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, 
         status = capsys.readouterr().out
         time.sleep(2)
     assert '"STOPPED"' in status
+    # the stopped job closed its MLflow run as KILLED (SIGTERM is handled like Ctrl-C)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        statuses = {r.info.status for r in client.search_runs([experiment.experiment_id])}
+        if statuses == {"FINISHED", "KILLED"}:
+            break
+        time.sleep(2)
+    assert statuses == {"FINISHED", "KILLED"}
     assert main(["jobs", "list", "--address", address]) == 0
     listing = capsys.readouterr().out
     assert job_id in listing and "SUCCEEDED" in listing
