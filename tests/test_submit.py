@@ -1,6 +1,7 @@
 """Submitting to a Ray cluster: local tracking refused, the token never shown, and a real local
 Ray head (dashboard) with a real `mlflow server` running a submitted experiment."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -114,11 +115,13 @@ def wait_for(url: str, seconds: float) -> None:
     raise TimeoutError(f"{url} did not answer in {seconds}s")
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A local Ray head with the dashboard and an MLflow server, on free loopback ports; both
-    are stopped whatever happens."""
+@contextlib.contextmanager
+def local_cluster(tmp_path: Path, token_file: Path | None = None):
+    """A local Ray head with the dashboard and an MLflow server, on free loopback ports, with
+    token authentication when `token_file` is given; both are stopped whatever happens."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}:{os.environ['PATH']}")
+    if token_file is not None:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
     temp = Path("/tmp") / f"rt{os.getpid()}"  # ray's socket paths must stay short
     server = subprocess.Popen(
@@ -130,31 +133,16 @@ def cluster(tmp_path):
     )
     try:
         subprocess.run(
-            [
-                str(BIN / "ray"),
-                "start",
-                "--head",
-                "--num-cpus",
-                "2",
-                "--port",
-                str(gcs),
-                "--dashboard-host",
-                "127.0.0.1",
-                "--dashboard-port",
-                str(dashboard),
-                "--include-dashboard",
-                "true",
-                "--temp-dir",
-                str(temp),
-                "--disable-usage-stats",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+            [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(gcs),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+             "--include-dashboard", "true", "--temp-dir", str(temp), "--disable-usage-stats"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
         address = f"http://127.0.0.1:{dashboard}"
-        wait_for(f"{address}/api/version", 60)
+        if token_file is None:
+            wait_for(f"{address}/api/version", 60)
+        else:
+            time.sleep(10)  # the dashboard answers 401 without the token
         wait_for(f"http://127.0.0.1:{mlflow_port}/health", 60)
         yield address, f"http://127.0.0.1:{mlflow_port}"
     finally:
@@ -164,6 +152,34 @@ def cluster(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with local_cluster(tmp_path) as addresses:
+        yield addresses
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_token_protected_cluster_takes_the_token_file_and_never_shows_it(tmp_path, capsys):
+    token = tmp_path / "token"
+    token.write_text(SECRET)
+    with local_cluster(tmp_path, token) as (address, tracking):
+        # without the token the cluster refuses, with a clear message and exit 2
+        assert main(["jobs", "list", "--address", address]) == 2
+        assert "Authentication required" in capsys.readouterr().err
+        spec = tiny_yaml(tmp_path / "spec.yaml", tracking)
+        code = main(
+            ["submit", str(spec), "--address", address, "--token-file", str(token), "--wait"]
+        )
+        out = capsys.readouterr()
+        assert code == 0 and "SUCCEEDED" in out.out, out.out[-2000:]
+        assert SECRET not in out.out + out.err
+        client = MlflowClient(tracking)
+        (run,) = client.search_runs([client.get_experiment_by_name("remote-tiny").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert SECRET not in str(run.data.params) + str(run.data.tags)
 
 
 @pytest.mark.slow
