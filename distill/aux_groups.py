@@ -31,16 +31,16 @@ def select_queries(cost: torch.Tensor, per_gt: int = 2) -> Assignment:
     cost = cost.detach().float().cpu()
     candidates = min(num_queries, 3 * per_gt)
     values, queries = cost.topk(candidates, dim=0, largest=False)  # [K, M]
-    gts = torch.arange(num_gt).expand(candidates, num_gt)
-    order = values.flatten().argsort(stable=True)
+    order = values.flatten().argsort(stable=True).tolist()
+    flat_values, flat_queries = values.flatten().tolist(), queries.flatten().tolist()
     taken: set[int] = set()
     chosen: dict[int, list[tuple[float, int]]] = {g: [] for g in range(num_gt)}
-    for flat in order.tolist():
-        query, gt = int(queries.flatten()[flat]), int(gts.flatten()[flat])
+    for flat in order:
+        query, gt = flat_queries[flat], flat % num_gt  # row-major [K, M]: column = GT
         if query in taken or len(chosen[gt]) >= per_gt:
             continue
         taken.add(query)
-        chosen[gt].append((float(values.flatten()[flat]), query))
+        chosen[gt].append((flat_values[flat], query))
     query_idx = [q for g in range(num_gt) for _, q in sorted(chosen[g])]
     gt_idx = [g for g in range(num_gt) for _ in chosen[g]]
     return torch.tensor(query_idx, dtype=torch.int64), torch.tensor(gt_idx, dtype=torch.int64)

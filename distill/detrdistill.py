@@ -21,7 +21,7 @@ from distill.contrastive import contrastive_query_loss
 from distill.feature_distill import FeatureAdapter, feature_distillation_loss, target_aware_mask
 from distill.logits_distill import logits_distillation_loss
 from distill.query_prior import GROUP_NAME, QueryTranslator, teacher_assignments
-from distill.schedules import TermConfig, map_stages, stage_weights
+from distill.schedules import TermConfig, map_stages, part_totals, stage_weights
 
 
 @dataclass
@@ -174,10 +174,7 @@ class DETRDistill(nn.Module):
                     losses["distill_contrastive"] = scale["contrastive"] * contrastive_query_loss(
                         student_hidden, t_out.hidden[-1], cfg.temperature
                     )
-        for part in ("logits", "feature", "prior"):
-            keys = [k for k in losses if k.startswith(f"distill_{part}_")]
-            if keys:
-                diagnostics[f"distill_{part}_total"] = float(sum(losses[k].detach() for k in keys))
+        diagnostics.update(part_totals(losses, ("logits", "feature", "prior")))
         return losses, diagnostics
 
     def _logits_terms(

@@ -53,7 +53,7 @@ def map_by_token(
 
 
 def _pairs(indices: Sequence[Assignment], targets: Sequence[dict], device: torch.device):
-    """(image, query, gt label, gt box) of every pair, flattened over the batch."""
+    """(image, query, GT label, GT box) of every pair, flattened over the batch."""
     batch = torch.cat(
         [torch.full((len(q),), b, dtype=torch.int64) for b, (q, _) in enumerate(indices)]
     )
@@ -64,8 +64,7 @@ def _pairs(indices: Sequence[Assignment], targets: Sequence[dict], device: torch
     boxes = torch.cat(
         [t["boxes"].cpu()[g.cpu()] for t, (_, g) in zip(targets, indices, strict=True)]
     )
-    gt = torch.cat([g.long().cpu() for _, g in indices])
-    return batch.to(device), query.to(device), labels.long().to(device), boxes.to(device), gt
+    return batch.to(device), query.to(device), labels.long().to(device), boxes.to(device)
 
 
 def extra_teacher_pairs(
@@ -117,9 +116,9 @@ def matching_distillation_loss(
     logits [B,Q,C], boxes [B,Q,4]; both assignments are (query_idx, gt_idx) per image."""
     logits, boxes = logits.float(), boxes.float()
     device = logits.device
-    sb, sq, sl, sbox, _ = _pairs(student_idx, targets, device)
+    sb, sq, sl, sbox = _pairs(student_idx, targets, device)
     extra = extra_teacher_pairs(student_idx, teacher_idx)
-    tb, tq, tl, tbox, _ = _pairs(teacher_idx, targets, device)
+    tb, tq, tl, tbox = _pairs(teacher_idx, targets, device)
     class_target = torch.zeros_like(logits)  # [B, Q, C]
     with torch.no_grad():
         if quality_focal:
@@ -147,7 +146,7 @@ def matching_distillation_loss(
         )
     losses = {"cls": cls}
     losses["bbox"], losses["giou"] = _box_losses(boxes, sb, sq, sbox, norm)
-    eb, eq, _, ebox, _ = _pairs(extra, targets, device)
+    eb, eq, _, ebox = _pairs(extra, targets, device)
     l1, giou = _box_losses(boxes, eb, eq, ebox, norm)
     losses["teacher_bbox"], losses["teacher_giou"] = l1 * teacher_scale, giou * teacher_scale
     return losses

@@ -25,7 +25,13 @@ from distill.aux_groups import auxiliary_groups
 from distill.ema import EmaTeacher
 from distill.logits_distill import logits_distillation_loss
 from distill.matching_distill import agreement, map_by_token, matching_distillation_loss
-from distill.schedules import Schedule, TermConfig, stage_weights
+from distill.schedules import (
+    Schedule,
+    TermConfig,
+    part_totals,
+    schedule_factor,
+    stage_weights,
+)
 
 INIT_GROUP = "od_init"
 
@@ -40,7 +46,8 @@ class MatchingConfig:
     schedule: Schedule = field(default_factory=Schedule)
 
     def scale(self, progress) -> float:
-        return TermConfig(self.enabled, 1.0, schedule=self.schedule).scale(progress)
+        """The teacher's share now: the schedule alone (`weight` is w_t, applied separately)."""
+        return schedule_factor(self.enabled, self.schedule, progress)
 
 
 @dataclass
@@ -148,11 +155,11 @@ class ODDETR(nn.Module):
         norm = num_boxes(targets, s_out.logits.device)
         matcher = crit.matcher
         same, total, extra = 0, 0, 0
+        tokens = s_out.extras.get("selected_tokens")  # two-stage: pair queries by token
         with torch.autocast(batch.images.device.type, enabled=False):
             for k in range(s_out.num_stages):
                 own = matcher(s_out.logits[k].float(), s_out.boxes[k].float(), targets)
                 theirs = matcher(t_out.logits[k].float(), t_out.boxes[k].float(), targets)
-                tokens = s_out.extras.get("selected_tokens")
                 if tokens is not None:
                     theirs = map_by_token(theirs, t_out.extras["selected_tokens"], tokens)
                 terms = matching_distillation_loss(
@@ -208,10 +215,7 @@ class ODDETR(nn.Module):
         if state["aux"]:
             counts = [sum(len(q) for q, _ in a) for _, a in state["aux"]]
             diagnostics["distill_aux_queries"] = sum(counts) / len(batch.targets)
-        for part in ("init", "aux"):
-            keys = [k for k in losses if k.startswith(f"distill_{part}")]
-            if keys:
-                diagnostics[f"distill_{part}_total"] = float(sum(losses[k].detach() for k in keys))
+        diagnostics.update(part_totals(losses, ("init", "aux")))
         return losses, diagnostics
 
     def _initial_query_terms(self, s_out, t_out, scale: float) -> dict[str, torch.Tensor]:

@@ -51,10 +51,25 @@ class TermConfig:
 
     def scale(self, progress) -> float:
         """weight x schedule at `progress` (an engine Progress), 0 when disabled."""
-        if not self.enabled:
-            return 0.0
-        epoch = progress.epoch + progress.iteration / max(1, progress.iters_per_epoch)
-        return self.weight * self.schedule(epoch, progress.fraction)
+        return self.weight * schedule_factor(self.enabled, self.schedule, progress)
+
+
+def schedule_factor(enabled: bool, schedule: Schedule, progress) -> float:
+    """A term's schedule multiplier at `progress` (an engine Progress), 0 when disabled."""
+    if not enabled:
+        return 0.0
+    epoch = progress.epoch + progress.iteration / max(1, progress.iters_per_epoch)
+    return schedule(epoch, progress.fraction)
+
+
+def part_totals(losses: dict, parts: Sequence[str]) -> dict[str, float]:
+    """`distill_<part>_total`: the sum of the `distill_<part>*` loss terms, for each part present."""
+    totals = {}
+    for part in parts:
+        keys = [k for k in losses if k.startswith(f"distill_{part}")]
+        if keys:
+            totals[f"distill_{part}_total"] = float(sum(losses[k].detach() for k in keys))
+    return totals
 
 
 def stage_weights(rule: str | Sequence[float], num_stages: int) -> list[float]:

@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from orchestrator.spec_commands import add_override_option
+
 
 def add_cluster_commands(commands) -> None:
     submit = commands.add_parser(
@@ -25,14 +27,7 @@ def add_cluster_commands(commands) -> None:
     submit.add_argument(
         "--run-name", help="run name on the cluster (default: job-<time>, a new run per job)"
     )
-    submit.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a spec field (repeatable)",
-    )
+    add_override_option(submit)
     submit.set_defaults(handler=_submit)
 
     jobs = commands.add_parser("jobs", help="list, inspect, follow or stop Ray Jobs")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from orchestrator.errors import UserInputError
+from orchestrator.spec_commands import add_override_option
 
 
 def add_run_commands(commands) -> None:
@@ -27,14 +28,7 @@ def add_run_commands(commands) -> None:
 
 def _add_launch_args(run: argparse.ArgumentParser, what: str) -> None:
     run.add_argument("spec", type=Path, help="experiment YAML")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a spec field, e.g. --set optim.lr=2e-4 (repeatable)",
-    )
+    add_override_option(run)
     run.add_argument(
         "--run-name",
         default="default",

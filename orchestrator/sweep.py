@@ -125,8 +125,8 @@ def pbt_trial(config: dict, context: dict) -> None:
 
     run_training(spec, reporter, logger_factory)
     logger = logger_factory()
-    if reporter._written:
-        checkpoint = ray.tune.Checkpoint.from_directory(str(reporter._written[-1]))
+    if reporter.last_checkpoint_dir is not None:
+        checkpoint = ray.tune.Checkpoint.from_directory(str(reporter.last_checkpoint_dir))
         _export(spec, checkpoint, logger, context["uri"], run_id, context["num_classes"])
     logger.finish()
 

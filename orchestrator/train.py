@@ -91,6 +91,11 @@ class RayTrainReporter:
         path.mkdir(parents=True)
         return path
 
+    @property
+    def last_checkpoint_dir(self) -> Path | None:
+        """The checkpoint folder reported last (kept; older ones are removed)."""
+        return self._written[-1] if self._written else None
+
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = (
             self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -230,7 +235,8 @@ def run_training(
     device = _device(spec)
     torch.manual_seed(spec.seed)
     train_set, val_set = build_datasets(spec.data)
-    stability = _stability_probe(spec, "stability/") if rank == 0 else None
+    probe = _stability_probe(spec) if rank == 0 else None
+    stability = MatchingStability(probe, "stability/") if probe else None
     m = spec.train.matcher
     probe_matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou)
     num_classes = train_set.num_classes
@@ -238,9 +244,9 @@ def run_training(
     model = build_model(model_config).to(device)
     objective = build_objective(spec, num_classes, device, model)
     ema = getattr(objective, "ema_model", None)  # OD-DETR's EMA teacher, evaluated beside
-    ema_stability = _stability_probe(spec, "stability_ema/") if ema is not None else None
-    if rank != 0:
-        ema_stability = None
+    ema_stability = (
+        MatchingStability(probe, "stability_ema/") if probe and ema is not None else None
+    )
     loader = build_loader(train_set, spec.data.batch_size, True, spec.data.num_workers, spec.seed)
     val_loader = build_loader(
         val_set, spec.data.eval_batch_size or spec.data.batch_size, False, spec.data.num_workers
@@ -410,11 +416,12 @@ def run_training(
     return metrics
 
 
-def _stability_probe(spec: ExperimentSpec, prefix: str) -> MatchingStability | None:
-    """The first training images, with the deterministic eval transform, in fixed batches."""
+def _stability_probe(spec: ExperimentSpec) -> list:
+    """The first training images, with the deterministic eval transform, in fixed batches
+    (none when the probe is off)."""
     count = spec.train.stability_probe_images
     if count == 0:
-        return None
+        return []
     images, annotations = data_paths(spec.data)["train"]
     probe = CocoDetection(
         images, annotations, eval_transforms(spec.data.eval_size, spec.data.max_size)
@@ -425,7 +432,7 @@ def _stability_probe(spec: ExperimentSpec, prefix: str) -> MatchingStability | N
         collate_detection([probe[i] for i in indices[s : s + size]])
         for s in range(0, len(indices), size)
     ]
-    return MatchingStability(batches, prefix)
+    return batches
 
 
 def _save_checkpoint(

@@ -18,6 +18,12 @@ from orchestrator.spec_loader import load_spec_dict, resolve_paths
 
 
 def tiny_spec(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides):
+    data = tiny_spec_dict(base, name, epochs, workers, register_as, **overrides)
+    return resolve_paths(load_spec_dict(data, source="test"), base)
+
+
+def tiny_spec_dict(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides):
+    """The tiny DETR spec as a plain dict; `overrides` are dotted paths."""
     data = {
         "name": name,
         "seed": 0,
@@ -60,7 +66,7 @@ def tiny_spec(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", 
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return resolve_paths(load_spec_dict(data, source="test"), base)
+    return data
 
 
 def test_local_mode_run_tracks_and_registers(tmp_path):

@@ -17,47 +17,23 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.cluster_commands import server_command
+from tests.test_run import tiny_spec_dict
 
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-token-value-42"
 
 
-def tiny_yaml(path: Path, tracking_uri: str | None, epochs: int = 1, **extra) -> Path:
-    spec = {
-        "name": "remote-tiny",
-        "data": {
-            "source": {
-                "kind": "synthetic",
-                "train_images": 8,
-                "val_images": 4,
-                "image_size": 64,
-                "cache_dir": "data/cache",
-            },
-            "train_scales": [64],
-            "max_size": 96,
-            "crop": False,
-            "eval_size": 64,
-            "batch_size": 4,
-            "num_workers": 0,
-        },
-        "student": {
-            "architecture": "detr",
-            "backbone": "tiny",
-            "tiny_width": 8,
-            "levels": ["C4"],
-            "hidden_dim": 32,
-            "num_heads": 4,
-            "encoder_layers": 1,
-            "decoder_layers": 2,
-            "ffn_dim": 64,
-            "num_queries": 8,
-            "dropout": 0.0,
-        },
-        "train": {"epochs": epochs, "log_every": 1, "stability_probe_images": 2},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
-        "mlflow": {"register_as": "remote-tiny", "log_images": 0},
-        **extra,
-    }
+def tiny_yaml(path: Path, tracking_uri: str | None, epochs: int = 1) -> Path:
+    """The tiny spec of test_run as a YAML file (data generated where the job runs)."""
+    spec = tiny_spec_dict(
+        path.parent,
+        name="remote-tiny",
+        epochs=epochs,
+        workers=1,
+        register_as="remote-tiny",
+        **{"data.source.cache_dir": "data/cache", "train.stability_probe_images": 2},
+    )
+    spec["mlflow"]["log_images"] = 0
     if tracking_uri:
         spec["mlflow"]["tracking_uri"] = tracking_uri
     path.write_text(yaml.safe_dump(spec))
