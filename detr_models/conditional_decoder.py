@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_models.attention import MultiHeadAttention
+from detr_models.attention import BlockDiagonal, MultiHeadAttention
 from detr_models.box_ops import inverse_sigmoid
 from detr_models.detr_decoder import DecoderOutput
 from detr_models.layers import MLP, FeedForward, ResidualNorm
@@ -57,7 +57,7 @@ class ConditionalDecoderLayer(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         memory_mask: torch.Tensor,
-        self_attn_mask: torch.Tensor | None,
+        self_attn_mask: torch.Tensor | BlockDiagonal | None,
     ) -> torch.Tensor:
         q = self.sa_q_content(tgt) + self.sa_q_pos(query_pos)
         k = self.sa_k_content(tgt) + self.sa_k_pos(query_pos)
@@ -113,7 +113,7 @@ class ConditionalDecoder(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         memory_mask: torch.Tensor,
-        self_attn_mask: torch.Tensor | None = None,
+        self_attn_mask: torch.Tensor | BlockDiagonal | None = None,
         spatial_shapes: torch.Tensor | None = None,
     ) -> DecoderOutput:
         reference = self.reference_head(position).sigmoid()  # [B,Q,2]
@@ -165,7 +165,7 @@ class DabDecoder(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         memory_mask: torch.Tensor,
-        self_attn_mask: torch.Tensor | None = None,
+        self_attn_mask: torch.Tensor | BlockDiagonal | None = None,
         spatial_shapes: torch.Tensor | None = None,
     ) -> DecoderOutput:
         half = self.dim // 2

@@ -9,22 +9,12 @@ import math
 import torch
 from torch import nn
 
+from detr_models.attention import BlockDiagonal
 from detr_models.backbone import downsample_mask
 from detr_models.box_ops import inverse_sigmoid
 from detr_models.layers import MaskedGroupNorm
 from detr_models.output import DetrOutput, QueryGroup, StageOutputs
 from detr_models.position import PositionEmbeddingSine
-
-
-def block_diagonal_mask(sizes: list[int], device: torch.device) -> torch.Tensor:
-    """[Q,Q] self-attention mask, True where query sets may not see each other."""
-    total = sum(sizes)
-    mask = torch.ones((total, total), dtype=torch.bool, device=device)
-    start = 0
-    for size in sizes:
-        mask[start : start + size, start : start + size] = False
-        start += size
-    return mask
 
 
 class Detector(nn.Module):
@@ -198,7 +188,7 @@ class Detector(nn.Module):
         sizes = [content.shape[1] for _, content, _ in sets]
         content = torch.cat([c for _, c, _ in sets], 1)  # [B,Qtot,D]
         position = torch.cat([p for _, _, p in sets], 1)  # [B,Qtot,P]
-        attn_mask = block_diagonal_mask(sizes, images.device) if len(sets) > 1 else None
+        attn_mask = BlockDiagonal(tuple(sizes)) if len(sets) > 1 else None
         dec = self.decoder(
             content,
             position,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detr_models.attention import SelfAttention
+from detr_models.attention import BlockDiagonal, SelfAttention
 from detr_models.layers import FeedForward, ResidualNorm
 
 
@@ -38,7 +38,7 @@ class DetrDecoderLayer(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         memory_mask: torch.Tensor,
-        self_attn_mask: torch.Tensor | None,
+        self_attn_mask: torch.Tensor | BlockDiagonal | None,
     ) -> torch.Tensor:
         q = tgt + query_pos
         tgt = self.self_out(tgt, self.self_attn(q, q, tgt, attn_mask=self_attn_mask))
@@ -76,7 +76,7 @@ class DetrDecoder(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         memory_mask: torch.Tensor,
-        self_attn_mask: torch.Tensor | None = None,
+        self_attn_mask: torch.Tensor | BlockDiagonal | None = None,
         spatial_shapes: torch.Tensor | None = None,
     ) -> DecoderOutput:
         out = content

@@ -1,0 +1,162 @@
+"""The teacher/student pairs, batches and training objectives the speed benchmarks time.
+
+Two configs per architecture:
+- `tiny`: the quickstart sizes (student width 32, 2 decoder stages; teacher width 64, 3 stages)
+  on 128 px synthetic images, 3 classes;
+- `resnet50`: the papers' R-101 -> R-50 pairs, read from the COCO recipes in `experiments/`
+  (300 queries, 6 + 6 layers, 80 classes), on synthetic images of `--r50-size` pixels.
+Weights are random: step time does not depend on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.common import ROOT
+from detr_models.build import ModelConfig, build_model
+from detr_models.criterion import SetCriterion, total
+from detr_models.matcher import HungarianMatcher
+from distill.detrdistill import DETRDistill, query_kind
+from distill.od_detr import ODDETR
+from orchestrator.dataset import CocoDetection
+from orchestrator.engine import DetectionObjective, Progress
+from orchestrator.loader import collate_detection
+from orchestrator.spec_loader import load_spec
+from orchestrator.synth import ensure_shapes, split_paths
+from orchestrator.train import detrdistill_config, od_detr_config
+from orchestrator.transforms import eval_transforms
+
+ARCHS = ("deformable_detr", "conditional_detr", "dab_detr")
+EXPERIMENTS = ROOT / "experiments"
+# the R-50 student of each architecture, from its COCO recipe (the teacher swaps in R-101)
+R50_RECIPES = {
+    "deformable_detr": "coco_detrdistill_deformable_r101_r50.yaml",
+    "conditional_detr": "coco_detrdistill_conditional_r101_r50.yaml",
+    "dab_detr": "coco_dab_detr_r50.yaml",
+}
+TINY_STUDENT = {
+    "backbone": "tiny",
+    "tiny_width": 8,
+    "hidden_dim": 32,
+    "num_heads": 4,
+    "encoder_layers": 1,
+    "decoder_layers": 2,
+    "ffn_dim": 64,
+    "num_queries": 30,
+    "dropout": 0.0,
+}
+TINY_LEVELS = {
+    "deformable_detr": {"levels": ["C3", "C4", "C5"], "num_feature_levels": 4, "box_refine": True},
+    "conditional_detr": {"levels": ["C4"]},
+    "dab_detr": {"levels": ["C4"]},
+}
+CONFIGS = ("tiny", "resnet50")
+
+
+def pair(arch: str, config: str) -> tuple[ModelConfig, ModelConfig]:
+    """(student, teacher) model configs of `arch` in the `tiny` or `resnet50` config."""
+    if config == "tiny":
+        student = ModelConfig(architecture=arch, num_classes=3, **TINY_STUDENT, **TINY_LEVELS[arch])
+        teacher = dataclasses.replace(
+            student, tiny_width=16, hidden_dim=64, decoder_layers=3, ffn_dim=128
+        )
+        return student, teacher
+    if config != "resnet50":
+        raise ValueError(f"unknown config {config!r}; choose from {CONFIGS}")
+    spec = load_spec(EXPERIMENTS / R50_RECIPES[arch])
+    student = spec.student.to_model_config(80)
+    student = dataclasses.replace(student, backbone_weights=None)
+    teacher = dataclasses.replace(student, backbone="resnet101")
+    return student, teacher
+
+
+def image_size(config: str, r50_size: int) -> int:
+    return 128 if config == "tiny" else r50_size
+
+
+def synthetic_batch(batch: int, size: int, device: torch.device | str = "cpu"):
+    """`batch` synthetic shapes images (1-4 objects each) resized to `size`, collated."""
+    root = ensure_shapes(
+        Path(tempfile.gettempdir()) / "detrdistill-bench-shapes", num_train=64, num_val=1
+    )
+    dataset = CocoDetection(
+        *split_paths(root, "train"), transforms=eval_transforms(size, size * 5 // 3)
+    )
+    return collate_detection([dataset[i % len(dataset)] for i in range(batch)]).to(device)
+
+
+def detrdistill_section():
+    """The paper's DETRDistill settings (A 1/5/2, B 1, C 2/5/2), as the R-50 recipe has them."""
+    return load_spec(EXPERIMENTS / "coco_detrdistill_deformable_r101_r50.yaml").distill
+
+
+def od_detr_section():
+    return load_spec(EXPERIMENTS / "coco_oddetr_deformable_r50_12ep.yaml").distill
+
+
+def only(config, keep: str):
+    """A DETRDistill config with every term but `keep` disabled."""
+    changes = {
+        name: dataclasses.replace(getattr(config, name), enabled=name == keep)
+        for name in ("logits", "feature", "query_prior")
+    }
+    return dataclasses.replace(config, **changes)
+
+
+class Setup:
+    """A student, its teacher and every objective of the benchmark, on one device."""
+
+    def __init__(self, arch: str, config: str, device: torch.device | str = "cpu") -> None:
+        torch.manual_seed(0)
+        self.arch, self.config = arch, config
+        self.student_config, self.teacher_config = pair(arch, config)
+        num_classes = self.student_config.num_classes
+        self.student = build_model(self.student_config).to(device)
+        self.teacher = build_model(self.teacher_config).to(device)
+        self.criterion = SetCriterion(num_classes, HungarianMatcher())
+        self.device = device
+
+    def objective(self, name: str):
+        """`student`, `logits`, `feature`, `query_prior`, `detrdistill` or `od_detr`."""
+        if name == "student":
+            return DetectionObjective(self.criterion)
+        if name == "od_detr":
+            anchors = query_kind(self.student_config) == "anchor"
+            return ODDETR(
+                self.student, self.criterion, od_detr_config(od_detr_section()), anchors
+            ).to(self.device)
+        config = detrdistill_config(detrdistill_section())
+        if name != "detrdistill":
+            config = only(config, name)
+        return DETRDistill(
+            self.teacher, self.teacher_config, self.student_config, self.criterion, config
+        ).to(self.device)
+
+    def step_fn(self, objective, batch):
+        """One training step as the engine runs it: forward, losses, backward, AdamW, after_step."""
+        params = list(self.student.parameters())
+        if isinstance(objective, torch.nn.Module):
+            params += [p for p in objective.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+        progress = Progress(0, 0, 1, 1)
+        self.student.train()
+
+        def step() -> None:
+            losses, _ = objective(self.student, batch, progress)
+            optimizer.zero_grad(set_to_none=True)
+            total(losses).backward()
+            optimizer.step()
+            objective.after_step()
+
+        return step
+
+    def teacher_forward_fn(self, model, batch):
+        def forward() -> None:
+            with torch.no_grad():
+                model.eval()(batch.images, batch.pixel_mask)
+
+        return forward

@@ -1,0 +1,95 @@
+"""Step time of every distillation method against training the student alone.
+
+    python -m bench.step_time [--archs ...] [--configs tiny resnet50] [--device cpu|cuda]
+
+For each architecture and config (see bench/pairs.py), the median milliseconds of one training
+step (forward, losses, backward, AdamW, after_step) of: the student alone; the teacher's forward
+alone; the student with each DETRDistill component alone (A logits, B feature, C query prior);
+full DETRDistill; OD-DETR (EMA teacher, matching, initial-query and auxiliary groups). The
+cases take turns, `--repeats` rounds after a warm-up round. The overhead ratio divides a
+distillation step by (student step + its teacher's forward): for DETRDistill the R-101 teacher,
+for OD-DETR the EMA teacher (the student's own architecture). Target: <= 1.15 at ResNet-50.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench.common import interleaved_medians, verdict, write_results
+from bench.pairs import ARCHS, CONFIGS, Setup, image_size, synthetic_batch
+
+TARGET = 1.15
+CASES = ("student", "logits", "feature", "query_prior", "detrdistill", "od_detr")
+LABELS = {
+    "student": "student alone",
+    "teacher": "teacher forward alone",
+    "ema": "EMA teacher forward alone",
+    "logits": "student + A logits",
+    "feature": "student + B feature",
+    "query_prior": "student + C query prior",
+    "detrdistill": "student + DETRDistill (A+B+C)",
+    "od_detr": "student + OD-DETR",
+}
+
+
+def measure(arch: str, config: str, args) -> dict[str, float]:
+    setup = Setup(arch, config, args.device)
+    batch_size = args.batch if config == "tiny" else args.r50_batch
+    batch = synthetic_batch(batch_size, image_size(config, args.r50_size), args.device)
+    cases = {name: setup.step_fn(setup.objective(name), batch) for name in CASES}
+    cases["teacher"] = setup.teacher_forward_fn(setup.teacher, batch)
+    cases["ema"] = setup.teacher_forward_fn(setup.student, batch)
+    repeats = args.repeats if config == "tiny" else args.r50_repeats
+    return interleaved_medians(cases, repeats, device=args.device)
+
+
+def ratio(ms: dict[str, float], case: str) -> float:
+    teacher = ms["ema"] if case == "od_detr" else ms["teacher"]
+    return ms[case] / (ms["student"] + teacher)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--batch", type=int, default=8, help="tiny config batch")
+    parser.add_argument("--r50-batch", type=int, default=2)
+    parser.add_argument("--r50-size", type=int, default=256, help="R-50 image side (px)")
+    parser.add_argument("--repeats", type=int, default=10, help="tiny config rounds")
+    parser.add_argument("--r50-repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--name", default=None, help="result file name")
+    args = parser.parse_args()
+    rows, ratios = [], []
+    for config in args.configs:
+        for arch in args.archs:
+            ms = measure(arch, config, args)
+            for case in ("student", "teacher", "ema", *CASES[1:]):
+                overhead = f"{ratio(ms, case):.2f}" if case in CASES[1:] else ""
+                rows.append([arch, config, LABELS[case], f"{ms[case]:.0f}", overhead])
+            for case in ("detrdistill", "od_detr"):
+                value = ratio(ms, case)
+                target = verdict(value, TARGET) if config == "resnet50" else "(tiny: no target)"
+                ratios.append([arch, config, LABELS[case], f"{value:.2f}", target])
+            print(f"{arch} {config}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in ms.items()))
+    device = args.device if args.device == "cpu" else torch.cuda.get_device_name()
+    write_results(
+        args.name or f"step_time_{torch.device(args.device).type}",
+        f"Step time ({device})",
+        vars(args),
+        {
+            f"Median ms per training step; tiny: batch {args.batch} at 128 px; resnet50: batch "
+            f"{args.r50_batch} at {args.r50_size} px. Overhead = step / (student step + teacher "
+            "forward).": (["arch", "config", "case", "ms", "overhead"], rows),
+            f"Overhead ratios against the target (<= {TARGET} at ResNet-50):": (
+                ["arch", "config", "method", "ratio", "target"],
+                ratios,
+            ),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
