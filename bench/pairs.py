@@ -110,15 +110,27 @@ def only(config, keep: str):
 class Setup:
     """A student, its teacher and every objective of the benchmark, on one device."""
 
-    def __init__(self, arch: str, config: str, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, arch: str, config: str, device: torch.device | str = "cpu", queries: int | None = None
+    ) -> None:
         torch.manual_seed(0)
         self.arch, self.config = arch, config
-        self.student_config, self.teacher_config = pair(arch, config)
+        student, teacher = pair(arch, config)
+        if queries is not None:
+            student = dataclasses.replace(student, num_queries=queries)
+            teacher = dataclasses.replace(teacher, num_queries=queries)
+        self.student_config, self.teacher_config = student, teacher
         num_classes = self.student_config.num_classes
         self.student = build_model(self.student_config).to(device)
-        self.teacher = build_model(self.teacher_config).to(device)
+        self._teacher = None  # built on first use, so a student-alone process never holds it
         self.criterion = SetCriterion(num_classes, HungarianMatcher())
         self.device = device
+
+    @property
+    def teacher(self) -> torch.nn.Module:
+        if self._teacher is None:
+            self._teacher = build_model(self.teacher_config).to(self.device)
+        return self._teacher
 
     def objective(self, name: str):
         """`student`, `logits`, `feature`, `query_prior`, `detrdistill` or `od_detr`."""

@@ -11,6 +11,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,8 +182,16 @@ def run_experiment(
     return summary
 
 
-def build_trainer(spec: ExperimentSpec, run_key: str, storage: Path, extra: dict, callbacks=None):
-    """The Ray Train TorchTrainer of a spec; its run name `run_key` makes it resumable."""
+def build_trainer(
+    spec: ExperimentSpec,
+    run_key: str,
+    storage: Path,
+    extra: dict,
+    callbacks=None,
+    worker: Callable[[dict], None] | None = None,
+):
+    """The Ray Train TorchTrainer of a spec; its run name `run_key` makes it resumable.
+    `worker` replaces the training function (`train_worker`), e.g. to time it."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -193,7 +202,7 @@ def build_trainer(spec: ExperimentSpec, run_key: str, storage: Path, extra: dict
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     return TorchTrainer(
-        train_worker,
+        worker or train_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "scratch_dir": str(storage / run_key / "scratch"),
