@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/shapes
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint bench install clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# every benchmark at CPU-sized defaults (~25 min on 2 cores); tables into bench/results and README
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

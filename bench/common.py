@@ -116,10 +116,14 @@ def write_results(
     config: dict[str, Any],
     tables: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]],
     notes: Sequence[str] = (),
+    targets: Sequence[dict[str, str]] = (),
     out: Path = RESULTS,
     info: dict[str, Any] | None = None,
 ) -> str:
-    """Print the tables and write `<out>/<name>.json` and `.md`; returns the markdown."""
+    """Print the tables and write `<out>/<name>.json` and `.md`; returns the markdown.
+
+    `targets`: {"target", "measured", "status"} rows that `python -m bench` gathers into the
+    README's summary."""
     info = info or machine()
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"### {title}", "", f"Machine: {machine_line(info)}. Measured {when}.", ""]
@@ -143,6 +147,7 @@ def write_results(
             for caption, (header, rows) in tables.items()
         },
         "notes": list(notes),
+        "targets": list(targets),
     }
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (out / f"{name}.md").write_text(text)
@@ -152,3 +157,7 @@ def write_results(
 def verdict(value: float, target: float, at_most: bool = True) -> str:
     ok = value <= target if at_most else value >= target
     return "met" if ok else "missed"
+
+
+def target_row(target: str, measured: str, status: str) -> dict[str, str]:
+    return {"target": target, "measured": measured, "status": status}

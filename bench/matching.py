@@ -21,7 +21,7 @@ import time
 import torch
 
 import distill.logits_distill as logits_distill
-from bench.common import interleaved_medians, sync, verdict, write_results
+from bench.common import interleaved_medians, sync, target_row, verdict, write_results
 from bench.pairs import ARCHS, Setup, synthetic_batch
 from detr_models.matcher import HungarianMatcher, solve_assignment
 
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     batch = synthetic_batch(args.batch, args.size, args.device)
-    share_rows, verdicts = [], []
+    share_rows, verdicts, targets = [], [], []
     for config in ("resnet50", "tiny"):
         cases = ("student",) if config == "resnet50" else ("student", "detrdistill", "od_detr")
         for arch in args.archs:
@@ -185,6 +185,14 @@ def main() -> None:
                     verdicts.append(
                         [arch, f"{r['share']:.1f}%", verdict(r["share"], TARGET_PERCENT)]
                     )
+                    targets.append(
+                        target_row(
+                            f"matching <= {TARGET_PERCENT}% of the step, batch {args.batch}, "
+                            f"{args.queries} queries, {arch} R-50, {args.device}",
+                            f"{r['share']:.1f}%",
+                            verdicts[-1][-1],
+                        )
+                    )
     micro = batched_vs_loop(args)
     write_results(
         f"matching_{torch.device(args.device).type}",
@@ -206,6 +214,7 @@ def main() -> None:
                 micro,
             ),
         },
+        targets=targets,
     )
 
 

@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from bench.common import interleaved_medians, verdict, write_results
+from bench.common import interleaved_medians, target_row, verdict, write_results
 from bench.pairs import ARCHS, CONFIGS, Setup, image_size, synthetic_batch
 
 TARGET = 1.15
@@ -45,6 +45,10 @@ def measure(arch: str, config: str, args) -> dict[str, float]:
     return interleaved_medians(cases, repeats, device=args.device)
 
 
+def device_name(device: str) -> str:
+    return "CPU" if device == "cpu" else torch.cuda.get_device_name()
+
+
 def ratio(ms: dict[str, float], case: str) -> float:
     teacher = ms["ema"] if case == "od_detr" else ms["teacher"]
     return ms[case] / (ms["student"] + teacher)
@@ -62,7 +66,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default=None, help="result file name")
     args = parser.parse_args()
-    rows, ratios = [], []
+    rows, ratios, targets = [], [], []
     for config in args.configs:
         for arch in args.archs:
             ms = measure(arch, config, args)
@@ -73,8 +77,17 @@ def main() -> None:
                 value = ratio(ms, case)
                 target = verdict(value, TARGET) if config == "resnet50" else "(tiny: no target)"
                 ratios.append([arch, config, LABELS[case], f"{value:.2f}", target])
+                if config == "resnet50":
+                    targets.append(
+                        target_row(
+                            f"{LABELS[case]} step / (student step + teacher forward) <= "
+                            f"{TARGET}, {arch} R-50, {device_name(args.device)}",
+                            f"{value:.2f}",
+                            target,
+                        )
+                    )
             print(f"{arch} {config}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in ms.items()))
-    device = args.device if args.device == "cpu" else torch.cuda.get_device_name()
+    device = device_name(args.device)
     write_results(
         args.name or f"step_time_{torch.device(args.device).type}",
         f"Step time ({device})",
@@ -88,6 +101,7 @@ def main() -> None:
                 ratios,
             ),
         },
+        targets=targets,
     )
 
 

@@ -1,0 +1,79 @@
+"""Run every benchmark at its default (CPU-sized) settings and put the tables in the README.
+
+    python -m bench [--only NAME ...] [--no-readme]        (`make bench`)
+
+Runs the benchmarks one after another (timings must not share the CPU), each in its own
+process, then writes bench/results/README.md and the README's "Benchmarks" section from the
+result files, including GPU results (`*_cuda.*`) when a GPU run left them there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from bench.common import RESULTS, ROOT, markdown_table
+
+BENCHMARKS = ("step_time", "matching", "orchestration", "memory", "accuracy")
+# result files, in README order (CPU first, then a GPU run's)
+RESULT_FILES = (
+    "step_time_cpu",
+    "step_time_cuda",
+    "matching_cpu",
+    "matching_cuda",
+    "orchestration",
+    "memory_cpu",
+    "memory_cuda",
+    "accuracy",
+)
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def report() -> str:
+    """The targets summary and every result table, as markdown."""
+    found = [name for name in RESULT_FILES if (RESULTS / f"{name}.json").exists()]
+    targets = []
+    for name in found:
+        for t in json.loads((RESULTS / f"{name}.json").read_text()).get("targets", []):
+            targets.append([t["target"], t["measured"], t["status"]])
+    parts = ["#### Targets", "", markdown_table(["target", "measured", "status"], targets), ""]
+    parts += [(RESULTS / f"{name}.md").read_text().replace("### ", "#### ", 1) for name in found]
+    return "\n".join(parts)
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    if START not in content or END not in content:
+        sys.exit(f"{readme}: markers {START} / {END} not found; add them where the tables go")
+    head, rest = content.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    for name in args.only:
+        print(f"=== bench.{name}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=ROOT).returncode
+        if code != 0:
+            sys.exit(f"bench.{name} failed with exit code {code}")
+        print(f"=== bench.{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    text = report()
+    (RESULTS / "README.md").write_text(text + "\n")
+    if not args.no_readme:
+        update_readme(text)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"all benchmarks in {minutes:.1f} min; tables in {RESULTS / 'README.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Accuracy at an equal training budget on the synthetic shapes: teacher, baseline student,
+DETRDistill student, OD-DETR student (and its EMA model), over seeds.
+
+    python -m bench.accuracy [--epochs 12] [--seeds 0 1 2] [--parallel 2]
+
+The quickstart pair (experiments/quickstart.yaml teacher, quickstart_student.yaml baseline,
+quickstart_distill.yaml DETRDistill, shapes_deformable_oddetr.yaml OD-DETR): every student
+trains `--epochs` epochs on the same 256 images (lr step 2 epochs before the end) and is
+evaluated with pycocotools on the 32 validation images at the end. The teacher trains once, with
+its own recipe (`--teacher-epochs`), and DETRDistill distils from it. Runs use the plain engine
+in `--parallel` processes of one thread each (independent runs parallelise better than threads
+on small models). Instability: the mean over epochs of the query slots per probe image whose
+matched GT changed since the previous epoch (last decoder stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+from bench.common import ROOT, target_row, write_results
+
+WORK = ROOT / "runs" / "bench_accuracy"
+TEACHER = "experiments/quickstart.yaml"
+STUDENTS = {
+    "baseline": "experiments/quickstart_student.yaml",
+    "DETRDistill": "experiments/quickstart_distill.yaml",
+    "OD-DETR": "experiments/shapes_deformable_oddetr.yaml",
+}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def train(path: str, seed: int, overrides: list[str], folder: str) -> dict:
+    """Train one spec in this (pool) process; returns its final metrics and curves."""
+    from bench.local_training import metric_history, train_local
+    from orchestrator.checkpoints import MODEL_FILE
+    from orchestrator.spec_loader import load_spec, resolve_paths
+
+    spec = resolve_paths(load_spec(ROOT / path, [f"seed={seed}", *overrides]), ROOT)
+    start = time.perf_counter()
+    reporter = train_local(spec, folder)
+    last = reporter.history[-1]
+    return {
+        "seed": seed,
+        "minutes": (time.perf_counter() - start) / 60,
+        "final": {k: v for k, v in last.items() if k.startswith(("val/", "val_ema/"))},
+        "instability": metric_history(reporter, "stability/instability"),
+        "flip_rate": metric_history(reporter, "stability/gt_flip_rate"),
+        "ema_instability": metric_history(reporter, "stability_ema/instability"),
+        "model_file": str(reporter.last_checkpoint / MODEL_FILE),
+    }
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def mean_ap(group: list[dict]) -> float:
+    return statistics.mean(r["final"]["val/AP"] for r in group)
+
+
+def summary_rows(runs: dict[str, list[dict]]) -> list[list]:
+    rows = []
+    for tag, group in runs.items():
+
+        def values(key: str, group=group) -> list[float]:
+            return [r["final"][key] for r in group if key in r["final"]]
+
+        rows.append(
+            [
+                tag,
+                len(group),
+                mean_std(values("val/AP")),
+                mean_std(values("val/AP50")),
+                mean_std(values("val_ema/AP")),
+                mean_std(values("val_ema/AP50")),
+                mean_std([statistics.mean(r["instability"]) for r in group if r["instability"]]),
+                mean_std([statistics.mean(r["flip_rate"]) for r in group if r["flip_rate"]]),
+                f"{statistics.mean(r['minutes'] for r in group):.1f}",
+            ]
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--teacher-epochs", type=int, default=48)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--parallel", type=int, default=2)
+    args = parser.parse_args()
+    from orchestrator.data_build import build_datasets
+    from orchestrator.spec_loader import load_spec, resolve_paths
+
+    common = [f"data.source.cache_dir={ROOT / 'data' / 'cache'}", "train.log_every=100000"]
+    student = [
+        *common,
+        f"train.epochs={args.epochs}",
+        f"train.eval_interval={args.epochs}",
+        f"optim.step_epochs=[{max(1, args.epochs - args.epochs // 6)}]",
+    ]
+    teacher_overrides = [
+        *common,
+        f"train.epochs={args.teacher_epochs}",
+        f"train.eval_interval={args.teacher_epochs}",
+        f"optim.step_epochs=[{max(1, args.teacher_epochs - args.teacher_epochs // 6)}]",
+    ]
+    # the data once, here, so the pool processes never generate it concurrently
+    build_datasets(resolve_paths(load_spec(ROOT / TEACHER, common), ROOT).data)
+    started = time.perf_counter()
+    context = get_context("spawn")
+    with ProcessPoolExecutor(args.parallel, mp_context=context, initializer=_one_thread) as pool:
+        teacher_job = pool.submit(train, TEACHER, 0, teacher_overrides, str(WORK / "teacher"))
+        jobs: dict[str, list] = {"baseline": [], "DETRDistill": [], "OD-DETR": []}
+        for tag in ("baseline", "OD-DETR"):
+            for seed in args.seeds:
+                folder = str(WORK / f"{tag}-s{seed}")
+                jobs[tag].append(pool.submit(train, STUDENTS[tag], seed, student, folder))
+        teacher = teacher_job.result()
+        print(f"teacher: {teacher['final']}", flush=True)
+        distill = [*student, f"teacher.weights={teacher['model_file']}"]
+        for seed in args.seeds:
+            folder = str(WORK / f"DETRDistill-s{seed}")
+            jobs["DETRDistill"].append(
+                pool.submit(train, STUDENTS["DETRDistill"], seed, distill, folder)
+            )
+        runs = {"teacher": [teacher]}
+        runs.update({tag: [job.result() for job in group] for tag, group in jobs.items()})
+    minutes = (time.perf_counter() - started) / 60
+    per_seed = [
+        [
+            tag,
+            r["seed"],
+            f"{r['final'].get('val/AP', float('nan')):.3f}",
+            f"{r['final'].get('val/AP50', float('nan')):.3f}",
+            f"{r['final']['val_ema/AP']:.3f}" if "val_ema/AP" in r["final"] else "-",
+            f"{statistics.mean(r['instability']):.3f}" if r["instability"] else "-",
+        ]
+        for tag, group in runs.items()
+        for r in group
+    ]
+    write_results(
+        "accuracy",
+        "Accuracy at an equal budget on the synthetic shapes",
+        {**vars(args), "teacher": TEACHER, "students": STUDENTS, "overrides": student},
+        {
+            f"Students: {args.epochs} epochs each, same data and seeds; teacher "
+            f"{args.teacher_epochs} epochs (its own recipe, one seed). Final epoch, mean +- std "
+            "over seeds:": (
+                [
+                    "model",
+                    "runs",
+                    "AP",
+                    "AP50",
+                    "EMA AP",
+                    "EMA AP50",
+                    "mean instability",
+                    "GT flip rate",
+                    "minutes per run",
+                ],
+                summary_rows(runs),
+            ),
+            "Per seed:": (["model", "seed", "AP", "AP50", "EMA AP", "mean instability"], per_seed),
+        },
+        targets=[
+            target_row(
+                f"{tag} student vs baseline AP, {len(args.seeds)} seeds, {args.epochs} epochs "
+                "(no target: reported)",
+                f"{mean_ap(runs[tag]):.3f} vs {mean_ap(runs['baseline']):.3f}",
+                "reported",
+            )
+            for tag in ("DETRDistill", "OD-DETR")
+        ],
+        notes=[
+            f"{sum(len(g) for g in runs.values())} runs in {minutes:.1f} min wall, {args.parallel} at a "
+            "time, one thread each. Minutes per run are the training's own wall time (a "
+            "DETRDistill or OD-DETR epoch costs more than a baseline epoch: see the step time)."
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
