@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.common import RESULTS, ROOT, markdown_table
 
@@ -21,6 +22,8 @@ BENCHMARKS = ("step_time", "matching", "orchestration", "memory", "accuracy")
 # result files, in README order (CPU first, then a GPU run's)
 RESULT_FILES = (
     "step_time_cpu",
+    "step_time_cpu_512",
+    "step_time_dense_mask",
     "step_time_cuda",
     "matching_cpu",
     "matching_cuda",
@@ -32,20 +35,20 @@ RESULT_FILES = (
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def report() -> str:
-    """The targets summary and every result table, as markdown."""
-    found = [name for name in RESULT_FILES if (RESULTS / f"{name}.json").exists()]
+def report(results: Path = RESULTS) -> str:
+    """The targets summary and every result table found in `results`, as markdown."""
+    found = [name for name in RESULT_FILES if (results / f"{name}.json").exists()]
     targets = []
     for name in found:
-        for t in json.loads((RESULTS / f"{name}.json").read_text()).get("targets", []):
+        for t in json.loads((results / f"{name}.json").read_text()).get("targets", []):
             targets.append([t["target"], t["measured"], t["status"]])
     parts = ["#### Targets", "", markdown_table(["target", "measured", "status"], targets), ""]
-    parts += [(RESULTS / f"{name}.md").read_text().replace("### ", "#### ", 1) for name in found]
+    parts += [(results / f"{name}.md").read_text().replace("### ", "#### ", 1) for name in found]
     return "\n".join(parts)
 
 
-def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
+def update_readme(text: str, readme: Path = ROOT / "README.md") -> None:
+    """Replace what lies between the bench markers of `readme` with `text`."""
     content = readme.read_text()
     if START not in content or END not in content:
         sys.exit(f"{readme}: markers {START} / {END} not found; add them where the tables go")

@@ -19,8 +19,11 @@ import torch
 
 from bench.common import interleaved_medians, target_row, verdict, write_results
 from bench.pairs import ARCHS, CONFIGS, Setup, image_size, synthetic_batch
+from detr_models import detector
+from detr_models.attention import BlockDiagonal
 
 TARGET = 1.15
+DENSE = ("query_prior_dense", "detrdistill_dense", "od_detr_dense")
 CASES = ("student", "logits", "feature", "query_prior", "detrdistill", "od_detr")
 LABELS = {
     "student": "student alone",
@@ -31,6 +34,9 @@ LABELS = {
     "query_prior": "student + C query prior",
     "detrdistill": "student + DETRDistill (A+B+C)",
     "od_detr": "student + OD-DETR",
+    "query_prior_dense": "student + C query prior, dense group mask (before)",
+    "detrdistill_dense": "student + DETRDistill, dense group mask (before)",
+    "od_detr_dense": "student + OD-DETR, dense group mask (before)",
 }
 
 
@@ -39,10 +45,28 @@ def measure(arch: str, config: str, args) -> dict[str, float]:
     batch_size = args.batch if config == "tiny" else args.r50_batch
     batch = synthetic_batch(batch_size, image_size(config, args.r50_size), args.device)
     cases = {name: setup.step_fn(setup.objective(name), batch) for name in CASES}
+    if args.dense_mask_cases:
+        for name in ("query_prior", "detrdistill", "od_detr"):
+            cases[f"{name}_dense"] = dense_mask(cases[name], args.device)
     cases["teacher"] = setup.teacher_forward_fn(setup.teacher, batch)
     cases["ema"] = setup.teacher_forward_fn(setup.student, batch)
     repeats = args.repeats if config == "tiny" else args.r50_repeats
     return interleaved_medians(cases, repeats, device=args.device)
+
+
+def dense_mask(step, device):
+    """`step` with query groups isolated by a dense [Q,Q] self-attention mask, as before
+    `BlockDiagonal` (the comparison behind that change)."""
+
+    def dense_step() -> None:
+        saved = detector.BlockDiagonal
+        detector.BlockDiagonal = lambda sizes: BlockDiagonal(sizes).dense(device)
+        try:
+            step()
+        finally:
+            detector.BlockDiagonal = saved
+
+    return dense_step
 
 
 def device_name(device: str) -> str:
@@ -50,7 +74,7 @@ def device_name(device: str) -> str:
 
 
 def ratio(ms: dict[str, float], case: str) -> float:
-    teacher = ms["ema"] if case == "od_detr" else ms["teacher"]
+    teacher = ms["ema"] if case.startswith("od_detr") else ms["teacher"]
     return ms[case] / (ms["student"] + teacher)
 
 
@@ -65,13 +89,20 @@ def main() -> None:
     parser.add_argument("--r50-repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default=None, help="result file name")
+    parser.add_argument(
+        "--dense-mask-cases",
+        action="store_true",
+        help="also time the group cases with the dense self-attention mask used before",
+    )
     args = parser.parse_args()
     rows, ratios, targets = [], [], []
     for config in args.configs:
         for arch in args.archs:
             ms = measure(arch, config, args)
-            for case in ("student", "teacher", "ema", *CASES[1:]):
-                overhead = f"{ratio(ms, case):.2f}" if case in CASES[1:] else ""
+            for case in ("student", "teacher", "ema", *CASES[1:], *DENSE):
+                if case not in ms:
+                    continue
+                overhead = "" if case in ("student", "teacher", "ema") else f"{ratio(ms, case):.2f}"
                 rows.append([arch, config, LABELS[case], f"{ms[case]:.0f}", overhead])
             for case in ("detrdistill", "od_detr"):
                 value = ratio(ms, case)

@@ -1,0 +1,129 @@
+"""The benchmark helpers whose output the README publishes."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.__main__ import END, START, report, update_readme
+from bench.common import target_row, write_results
+from bench.local_training import LocalReporter
+from bench.matching import MatchTimer, loop_match, random_targets
+from bench.pairs import only, pair
+from detr_models.matcher import HungarianMatcher
+from distill.detrdistill import DETRDistillConfig, feature_strides
+
+INFO = {
+    "cpu": "test CPU",
+    "cores": 2,
+    "torch_threads": 2,
+    "gpu": None,
+    "python": "3",
+    "torch": "t",
+    "torchvision": "tv",
+    "ray": "r",
+    "mlflow": "m",
+    "git_commit": "abc",
+}
+
+
+def test_report_gathers_targets_and_tables_and_readme_keeps_the_rest(tmp_path):
+    write_results(
+        "orchestration",
+        "Orchestration",
+        {"epochs": 4},
+        {"caption": (["path", "images/s"], [["plain", "60.0"], ["ray", "58.1"]])},
+        targets=[target_row("ratio >= 0.95", "0.968", "met")],
+        out=tmp_path,
+        info=INFO,
+    )
+    write_results(
+        "step_time_cpu",
+        "Step time",
+        {},
+        {"": (["case", "ms"], [["student", "90"]])},
+        targets=[target_row("overhead <= 1.15", "1.31", "missed")],
+        out=tmp_path,
+        info=INFO,
+    )
+    text = report(tmp_path)
+    # step time comes before orchestration, whatever the order they were written in
+    assert text.index("overhead <= 1.15 | 1.31 | missed") < text.index("ratio >= 0.95 | 0.968")
+    assert "| ray | 58.1 |" in text and "test CPU, 2 cores" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\nbefore\n{START}\nold table\n{END}\nafter\n")
+    update_readme(text, readme)
+    update_readme(text, readme)  # idempotent
+    content = readme.read_text()
+    assert content.startswith("# title\nbefore\n") and content.endswith(f"{END}\nafter\n")
+    assert "old table" not in content and content.count("#### Targets") == 1
+
+
+def test_update_readme_without_markers_names_the_file(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match=r"README\.md: markers"):
+        update_readme("x", readme)
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_loop_built_cost_gives_the_batched_assignment():
+    torch.manual_seed(1)
+    matcher = HungarianMatcher()
+    logits, boxes = torch.randn(4, 20, 80), torch.rand(4, 20, 4) * 0.5 + 0.25
+    targets = random_targets(4, 5, "cpu")
+    targets[2] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    for (q1, t1), (q2, t2) in zip(
+        matcher(logits, boxes, targets), loop_match(matcher, logits, boxes, targets), strict=True
+    ):
+        assert torch.equal(q1, q2) and torch.equal(t1, t2)
+
+
+def test_match_timer_counts_calls_and_restores_the_matcher():
+    original = HungarianMatcher.forward
+    matcher = HungarianMatcher()
+    logits, boxes = torch.randn(2, 10, 3), torch.rand(2, 10, 4)
+    targets = [{"boxes": torch.rand(2, 4) * 0.5 + 0.2, "labels": torch.tensor([0, 1])}] * 2
+    with MatchTimer("cpu") as timer:
+        for _ in range(3):
+            matcher(logits, boxes, targets)
+        matcher.cost_matrices(logits, boxes, targets)
+    assert timer.calls == 4 and timer.seconds > 0
+    assert HungarianMatcher.forward is original
+    matcher(logits, boxes, targets)
+    assert timer.calls == 4
+
+
+def test_local_reporter_keeps_only_the_latest_checkpoint(tmp_path):
+    reporter = LocalReporter(tmp_path)
+    for epoch in (1, 2):
+        folder = reporter.new_checkpoint_dir(epoch)
+        (folder / "model.pt").write_text(str(epoch))
+        reporter.report({"epoch": epoch}, folder)
+    assert [m["epoch"] for m in reporter.history] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0002"]
+    assert (reporter.last_checkpoint / "model.pt").read_text() == "2"
+
+
+@pytest.mark.parametrize("arch", ["deformable_detr", "conditional_detr", "dab_detr"])
+@pytest.mark.parametrize("config", ["tiny", "resnet50"])
+def test_pairs_distil_a_bigger_teacher_into_a_student_with_shared_levels(arch, config):
+    student, teacher = pair(arch, config)
+    assert student.architecture == teacher.architecture == arch
+    assert set(feature_strides(student)) & set(feature_strides(teacher))
+    if config == "tiny":
+        assert teacher.hidden_dim > student.hidden_dim
+        assert teacher.decoder_layers > student.decoder_layers
+    else:
+        assert (student.backbone, teacher.backbone) == ("resnet50", "resnet101")
+        assert student.num_queries == 300 and student.backbone_weights is None
+
+
+def test_only_keeps_one_detrdistill_term():
+    config = only(DETRDistillConfig(), "feature")
+    enabled = {
+        f.name: getattr(config, f.name).enabled
+        for f in dataclasses.fields(config)
+        if f.name in ("logits", "feature", "query_prior")
+    }
+    assert enabled == {"logits": False, "feature": True, "query_prior": False}
