@@ -85,10 +85,18 @@ def sync(device: Any) -> None:
 def interleaved_medians(
     cases: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, device: Any = "cpu"
 ) -> dict[str, float]:
-    """Median milliseconds per call of every case, after `warmup` calls of each.
+    """Median milliseconds per call of every case, after `warmup` calls of each."""
+    rounds = interleaved_times(cases, repeats, warmup, device)
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def interleaved_times(
+    cases: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, device: Any = "cpu"
+) -> dict[str, list[float]]:
+    """Milliseconds of every call of every case, round by round, after `warmup` calls of each.
 
     The cases take turns (round-robin), so a machine whose speed drifts over minutes biases
-    none of them against the others.
+    none of them against the others, and ratios can be taken within a round.
     """
     for fn in cases.values():
         for _ in range(warmup):
@@ -101,7 +109,7 @@ def interleaved_medians(
             fn()
             sync(device)
             times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

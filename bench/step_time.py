@@ -14,10 +14,11 @@ for OD-DETR the EMA teacher (the student's own architecture). Target: <= 1.15 at
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
-from bench.common import interleaved_medians, target_row, verdict, write_results
+from bench.common import interleaved_times, target_row, verdict, write_results
 from bench.pairs import ARCHS, CONFIGS, Setup, image_size, synthetic_batch
 from detr_models import detector
 from detr_models.attention import BlockDiagonal
@@ -40,7 +41,7 @@ LABELS = {
 }
 
 
-def measure(arch: str, config: str, args) -> dict[str, float]:
+def measure(arch: str, config: str, args) -> dict[str, list[float]]:
     setup = Setup(arch, config, args.device)
     batch_size = args.batch if config == "tiny" else args.r50_batch
     batch = synthetic_batch(batch_size, image_size(config, args.r50_size), args.device)
@@ -51,7 +52,7 @@ def measure(arch: str, config: str, args) -> dict[str, float]:
     cases["teacher"] = setup.teacher_forward_fn(setup.teacher, batch)
     cases["ema"] = setup.teacher_forward_fn(setup.student, batch)
     repeats = args.repeats if config == "tiny" else args.r50_repeats
-    return interleaved_medians(cases, repeats, device=args.device)
+    return interleaved_times(cases, repeats, device=args.device)
 
 
 def dense_mask(step, device):
@@ -73,9 +74,13 @@ def device_name(device: str) -> str:
     return "CPU" if device == "cpu" else torch.cuda.get_device_name()
 
 
-def ratio(ms: dict[str, float], case: str) -> float:
-    teacher = ms["ema"] if case.startswith("od_detr") else ms["teacher"]
-    return ms[case] / (ms["student"] + teacher)
+def ratio(rounds: dict[str, list[float]], case: str) -> float:
+    """The median over rounds of step / (student step + teacher forward), each round's own
+    times together: steadier than a ratio of medians on a machine whose speed drifts."""
+    teacher = rounds["ema"] if case.startswith("od_detr") else rounds["teacher"]
+    return statistics.median(
+        c / (s + t) for c, s, t in zip(rounds[case], rounds["student"], teacher, strict=True)
+    )
 
 
 def main() -> None:
@@ -86,7 +91,7 @@ def main() -> None:
     parser.add_argument("--r50-batch", type=int, default=2)
     parser.add_argument("--r50-size", type=int, default=256, help="R-50 image side (px)")
     parser.add_argument("--repeats", type=int, default=10, help="tiny config rounds")
-    parser.add_argument("--r50-repeats", type=int, default=3)
+    parser.add_argument("--r50-repeats", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default=None, help="result file name")
     parser.add_argument(
@@ -98,14 +103,17 @@ def main() -> None:
     rows, ratios, targets = [], [], []
     for config in args.configs:
         for arch in args.archs:
-            ms = measure(arch, config, args)
+            rounds = measure(arch, config, args)
+            ms = {name: statistics.median(values) for name, values in rounds.items()}
             for case in ("student", "teacher", "ema", *CASES[1:], *DENSE):
                 if case not in ms:
                     continue
-                overhead = "" if case in ("student", "teacher", "ema") else f"{ratio(ms, case):.2f}"
+                overhead = (
+                    "" if case in ("student", "teacher", "ema") else f"{ratio(rounds, case):.2f}"
+                )
                 rows.append([arch, config, LABELS[case], f"{ms[case]:.0f}", overhead])
             for case in ("detrdistill", "od_detr"):
-                value = ratio(ms, case)
+                value = ratio(rounds, case)
                 target = verdict(value, TARGET) if config == "resnet50" else "(tiny: no target)"
                 ratios.append([arch, config, LABELS[case], f"{value:.2f}", target])
                 if config == "resnet50":
@@ -125,8 +133,8 @@ def main() -> None:
         vars(args),
         {
             f"Median ms per training step; tiny: batch {args.batch} at 128 px; resnet50: batch "
-            f"{args.r50_batch} at {args.r50_size} px. Overhead = step / (student step + teacher "
-            "forward).": (["arch", "config", "case", "ms", "overhead"], rows),
+            f"{args.r50_batch} at {args.r50_size} px. Overhead = median over rounds of step / (student "
+            "step + teacher forward).": (["arch", "config", "case", "ms", "overhead"], rows),
             f"Overhead ratios against the target (<= {TARGET} at ResNet-50):": (
                 ["arch", "config", "method", "ratio", "target"],
                 ratios,
