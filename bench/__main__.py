@@ -28,6 +28,7 @@ RESULT_FILES = (
     "matching_cpu",
     "matching_cuda",
     "orchestration",
+    "orchestration_cuda",
     "memory_cpu",
     "memory_cuda",
     "accuracy",

@@ -188,7 +188,8 @@ def main() -> None:
                     targets.append(
                         target_row(
                             f"matching <= {TARGET_PERCENT}% of the step, batch {args.batch}, "
-                            f"{args.queries} queries, {arch} R-50, {args.device}",
+                            f"{args.queries} queries, {arch} R-50 at {args.size} px, "
+                            f"{args.device}",
                             f"{r['share']:.1f}%",
                             verdicts[-1][-1],
                         )

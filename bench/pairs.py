@@ -155,9 +155,9 @@ class Setup:
             params += [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5)
         progress = Progress(0, 0, 1, 1)
-        self.student.train()
 
         def step() -> None:
+            self.student.train()  # another case may have left it in eval mode
             losses, _ = objective(self.student, batch, progress)
             optimizer.zero_grad(set_to_none=True)
             total(losses).backward()

@@ -14,6 +14,7 @@ for OD-DETR the EMA teacher (the student's own architecture). Target: <= 1.15 at
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 
 import torch
@@ -50,7 +51,8 @@ def measure(arch: str, config: str, args) -> dict[str, list[float]]:
         for name in ("query_prior", "detrdistill", "od_detr"):
             cases[f"{name}_dense"] = dense_mask(cases[name], args.device)
     cases["teacher"] = setup.teacher_forward_fn(setup.teacher, batch)
-    cases["ema"] = setup.teacher_forward_fn(setup.student, batch)
+    # the EMA teacher is a copy of the student architecture, always in eval mode
+    cases["ema"] = setup.teacher_forward_fn(copy.deepcopy(setup.student), batch)
     repeats = args.repeats if config == "tiny" else args.r50_repeats
     return interleaved_times(cases, repeats, device=args.device)
 
@@ -120,7 +122,8 @@ def main() -> None:
                     targets.append(
                         target_row(
                             f"{LABELS[case]} step / (student step + teacher forward) <= "
-                            f"{TARGET}, {arch} R-50, {device_name(args.device)}",
+                            f"{TARGET}, {arch} R-50 at {args.r50_size} px, "
+                            f"{device_name(args.device)}",
                             f"{value:.2f}",
                             target,
                         )

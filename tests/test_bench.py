@@ -127,3 +127,12 @@ def test_only_keeps_one_detrdistill_term():
         if f.name in ("logits", "feature", "query_prior")
     }
     assert enabled == {"logits": False, "feature": True, "query_prior": False}
+
+
+def test_steady_rate_leaves_out_the_first_and_the_final_epoch():
+    from bench.orchestration import steady_images_per_s
+
+    # epoch 1 ends at 10 s (start-up), epochs 2-3 take 2 s each, the last one evaluates (9 s)
+    assert steady_images_per_s([10.0, 12.0, 14.0, 23.0], 100) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="3 epochs"):
+        steady_images_per_s([1.0, 2.0], 100)
