@@ -1,6 +1,6 @@
 """Run every benchmark at its default (CPU-sized) settings and put the tables in the README.
 
-    python -m bench [--only NAME ...] [--no-readme]        (`make bench`)
+    python -m bench [--only NAME ...] [--no-readme] [--report-only]        (`make bench`)
 
 Runs the benchmarks one after another (timings must not share the CPU), each in its own
 process, then writes bench/results/README.md and the README's "Benchmarks" section from the
@@ -62,9 +62,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument(
+        "--report-only", action="store_true", help="run nothing; rebuild the tables from results"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    for name in args.only:
+    for name in [] if args.report_only else args.only:
         print(f"=== bench.{name}", flush=True)
         start = time.perf_counter()
         code = subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=ROOT).returncode

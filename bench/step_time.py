@@ -121,7 +121,8 @@ def main() -> None:
                 if config == "resnet50":
                     targets.append(
                         target_row(
-                            f"{LABELS[case]} step / (student step + teacher forward) <= "
+                            f"{LABELS[case]} step / (student step + "
+                            f"{'EMA' if case == 'od_detr' else 'teacher'} forward) <= "
                             f"{TARGET}, {arch} R-50 at {args.r50_size} px, "
                             f"{device_name(args.device)}",
                             f"{value:.2f}",
