@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
-from bench.common import ROOT, target_row, write_results
+from bench.common import ROOT, mean_std, target_row, write_results
 
 WORK = ROOT / "runs" / "bench_accuracy"
 TEACHER = "experiments/quickstart.yaml"
@@ -57,14 +57,6 @@ def train(path: str, seed: int, overrides: list[str], folder: str) -> dict:
         "ema_instability": metric_history(reporter, "stability_ema/instability"),
         "model_file": str(reporter.last_checkpoint / MODEL_FILE),
     }
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
 def mean_ap(group: list[dict]) -> float:

@@ -1,6 +1,6 @@
 """OD-DETR against plain training on the synthetic shapes, over seeds, with instability curves.
 
-    python bench/oddetr_seeds.py [--seeds 0 1 2] [--archs deformable dab] [--ablations]
+    python -m bench.oddetr_seeds [--seeds 0 1 2] [--archs deformable dab] [--ablations]
 
 Each run is a real `detrdistill run` (in-process Ray Train, MLflow in
 runs/bench_oddetr/mlflow.db, experiment `oddetr-seeds`). Prints and writes
@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import mean_std  # noqa: E402
 from orchestrator import tracking  # noqa: E402
 from orchestrator.run import run_experiment  # noqa: E402
 from orchestrator.spec_loader import load_spec, resolve_paths  # noqa: E402
@@ -63,14 +64,6 @@ def run_one(path: str, seed: int, tag: str, extra: list[str]) -> dict:
     }
     final = {k: v for k, v in result.metrics.items() if k.startswith(("val/", "val_ema/"))}
     return {"tag": tag, "seed": seed, "run_id": result.mlflow_run_id, "final": final, **history}
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
 def table(rows: list[dict]) -> str:
