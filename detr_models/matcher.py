@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -16,6 +18,11 @@ Assignment = tuple[torch.Tensor, torch.Tensor]
 # Stands in for NaN/inf costs: large enough that the solver avoids such pairs whenever it can,
 # small enough that sums over a whole assignment stay exact in float64.
 BAD_COST = 1e8
+
+# Problems at least this large (Q x M) are solved on threads: scipy releases the GIL, and a
+# dense 300 x 300 student-to-teacher matching takes ~25 ms per image and stage.
+PARALLEL_MIN_SIZE = 10_000
+_POOL: ThreadPoolExecutor | None = None
 
 
 class HungarianMatcher(nn.Module):
@@ -59,10 +66,7 @@ class HungarianMatcher(nn.Module):
         """
         cost, sizes = self._batch_cost(logits, boxes, targets)  # [B, Q, sum M]
         cost = cost.cpu()  # the only device-to-host transfer
-        indices: list[Assignment] = []
-        for b, block in enumerate(cost.split(sizes, dim=-1)):
-            indices.append(solve_assignment(block[b]))
-        return indices
+        return solve_assignments([block[b] for b, block in enumerate(cost.split(sizes, dim=-1))])
 
     @torch.no_grad()
     def cost_matrices(
@@ -124,6 +128,16 @@ def solve_assignment(cost: torch.Tensor) -> Assignment:
     target_idx = torch.as_tensor(cols, dtype=torch.int64)
     order = torch.argsort(query_idx)
     return query_idx[order], target_idx[order]
+
+
+def solve_assignments(costs: Sequence[torch.Tensor]) -> list[Assignment]:
+    """`solve_assignment` of every CPU cost; large problems run on a small thread pool."""
+    global _POOL
+    if len(costs) < 2 or max(c.numel() for c in costs) < PARALLEL_MIN_SIZE:
+        return [solve_assignment(c) for c in costs]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="hungarian")
+    return list(_POOL.map(solve_assignment, costs))
 
 
 def _check_inputs(logits: torch.Tensor, boxes: torch.Tensor, targets: Sequence[dict]) -> None:

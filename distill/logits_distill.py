@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from detr_models.box_ops import cxcywh_to_xyxy
-from detr_models.matcher import BAD_COST, Assignment, solve_assignment
+from detr_models.matcher import BAD_COST, Assignment, solve_assignments
 
 
 def clamp_boxes_to_image(boxes: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def match_to_teacher(
         cost_giou,
     )  # [B, Qs, Qt]
     cost = cost.cpu()  # the only device-to-host transfer
-    return [solve_assignment(block) for block in cost]
+    return solve_assignments(list(cost))
 
 
 def logits_distillation_loss(

@@ -175,3 +175,15 @@ def test_box_ops_helpers() -> None:
     giou = safe_pairwise_giou(degenerate, degenerate)
     assert giou.shape == (2, 2) and torch.isfinite(giou).all()
     assert safe_pairwise_giou(degenerate, degenerate[:0]).shape == (2, 0)
+
+
+def test_large_assignments_on_threads_match_the_serial_solver():
+    from detr_models.matcher import PARALLEL_MIN_SIZE, solve_assignment, solve_assignments
+
+    torch.manual_seed(0)
+    costs = [torch.rand(120, 100) for _ in range(5)] + [torch.zeros(120, 0)]
+    assert costs[0].numel() >= PARALLEL_MIN_SIZE  # the threaded path
+    for (q1, t1), (q2, t2) in zip(
+        solve_assignments(costs), [solve_assignment(c) for c in costs], strict=True
+    ):
+        assert torch.equal(q1, q2) and torch.equal(t1, t2)
