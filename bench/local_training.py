@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from orchestrator.spec import ExperimentSpec
 from orchestrator.train import run_training
@@ -49,7 +48,3 @@ def train_local(spec: ExperimentSpec, folder: str | Path | None = None) -> Local
 
 def metric_history(reporter: LocalReporter, key: str) -> list[float]:
     return [m[key] for m in reporter.history if key in m]
-
-
-def final(reporter: LocalReporter) -> dict[str, Any]:
-    return reporter.history[-1] if reporter.history else {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bench.common import ROOT, target_row, verdict, write_results
+from bench.local_training import LocalReporter
 from orchestrator.data_build import build_datasets
 from orchestrator.spec_loader import load_spec, resolve_paths
 from orchestrator.train import run_training, train_worker
@@ -88,8 +89,6 @@ def run_ray(spec, storage: Path, key: str) -> dict:
 
 
 def run_plain(spec) -> dict:
-    from bench.local_training import LocalReporter
-
     reports: list[float] = []
 
     class TimedReporter(LocalReporter):
