@@ -41,8 +41,8 @@ def _one_thread() -> None:
 def train(path: str, seed: int, overrides: list[str], folder: str) -> dict:
     """Train one spec in this (pool) process; returns its final metrics and curves."""
     from bench.local_training import metric_history, train_local
-    from orchestrator.checkpoints import MODEL_FILE
-    from orchestrator.spec_loader import load_spec, resolve_paths
+    from orchestrator.training.checkpoints import MODEL_FILE
+    from orchestrator.spec.loader import load_spec, resolve_paths
 
     spec = resolve_paths(load_spec(ROOT / path, [f"seed={seed}", *overrides]), ROOT)
     start = time.perf_counter()
@@ -93,8 +93,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2)
     args = parser.parse_args()
-    from orchestrator.data_build import build_datasets
-    from orchestrator.spec_loader import load_spec, resolve_paths
+    from orchestrator.data.build import build_datasets
+    from orchestrator.spec.loader import load_spec, resolve_paths
 
     common = [f"data.source.cache_dir={ROOT / 'data' / 'cache'}", "train.log_every=100000"]
     student = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from orchestrator.spec import ExperimentSpec
-from orchestrator.train import run_training
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.training.fit import run_training
 
 
 class LocalReporter:

@@ -23,16 +23,16 @@ import torch
 
 from bench.common import ROOT, target_row, verdict, write_results
 from bench.local_training import LocalReporter
-from orchestrator.data_build import build_datasets
-from orchestrator.spec_loader import load_spec, resolve_paths
-from orchestrator.train import run_training, train_worker
+from orchestrator.data.build import build_datasets
+from orchestrator.spec.loader import load_spec, resolve_paths
+from orchestrator.training.fit import run_training, train_worker
 
 TARGET = 0.95
 
 
 def timed_worker(config: dict) -> None:
     """`train_worker`, timed from inside the Ray worker, with the time of every report."""
-    from orchestrator import train
+    from orchestrator.training import fit as train
 
     reports: list[float] = []
     report = train.RayTrainReporter.report
@@ -65,7 +65,7 @@ def steady_images_per_s(reports: list[float], images_per_epoch: int) -> float:
 
 
 def run_ray(spec, storage: Path, key: str) -> dict:
-    from orchestrator.run import build_trainer
+    from orchestrator.launch.run import build_trainer
 
     timing = storage / f"{key}.json"
     trainer = build_trainer(
@@ -133,7 +133,7 @@ def main() -> None:
     images = args.epochs * len(train_set)
     import ray
 
-    from orchestrator.run import _init_ray
+    from orchestrator.launch.run import _init_ray
 
     start = time.perf_counter()
     _init_ray(None)

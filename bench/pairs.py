@@ -22,13 +22,13 @@ from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 from distill.detrdistill import DETRDistill, query_kind
 from distill.od_detr import ODDETR
-from orchestrator.dataset import CocoDetection
-from orchestrator.engine import DetectionObjective, Progress
-from orchestrator.loader import collate_detection
-from orchestrator.spec_loader import load_spec
-from orchestrator.synth import ensure_shapes, split_paths
-from orchestrator.train import detrdistill_config, od_detr_config
-from orchestrator.transforms import eval_transforms
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.training.engine import DetectionObjective, Progress
+from orchestrator.data.loader import collate_detection
+from orchestrator.spec.loader import load_spec
+from orchestrator.data.synth import ensure_shapes, split_paths
+from orchestrator.training.fit import detrdistill_config, od_detr_config
+from orchestrator.data.transforms import eval_transforms
 
 ARCHS = ("deformable_detr", "conditional_detr", "dab_detr")
 EXPERIMENTS = ROOT / "experiments"

@@ -1,0 +1,1 @@
+"""Orchestration of distillation experiments: specs, data, evaluation, training, and the Ray/MLflow launch layer."""

@@ -10,11 +10,11 @@ from detr_models.build import build_model, tiny_config
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 from detr_models.postprocess import PostProcess
-from orchestrator.dataset import CocoDetection
-from orchestrator.evaluation import CocoEvaluator
-from orchestrator.loader import collate_detection
-from orchestrator.synth import ensure_shapes, split_paths
-from orchestrator.transforms import eval_transforms
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.evaluation.coco import CocoEvaluator
+from orchestrator.data.loader import collate_detection
+from orchestrator.data.synth import ensure_shapes, split_paths
+from orchestrator.data.transforms import eval_transforms
 
 
 def shapes_batch(cache: Path, count: int, size: int = 128):

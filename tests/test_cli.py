@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 
 def test_synth_then_check_prints_perfect_table(tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_console_script_exit_code(tmp_path):
         [
             sys.executable,
             "-m",
-            "orchestrator.cli",
+            "orchestrator.cli.main",
             "data",
             "check",
             "--images",

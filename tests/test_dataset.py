@@ -5,9 +5,9 @@ import pytest
 import torch
 from torchvision.ops import box_convert
 
-from orchestrator.dataset import CocoDetection
+from orchestrator.data.dataset import CocoDetection
 from orchestrator.errors import DatasetError
-from orchestrator.transforms import eval_transforms
+from orchestrator.data.transforms import eval_transforms
 from tests.conftest import write_coco
 
 

@@ -8,8 +8,8 @@ from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 from distill.detrdistill import DETRDistill, DETRDistillConfig, feature_strides
 from distill.schedules import Schedule, map_stages, stage_weights
-from orchestrator.engine import Progress, build_optimizer
-from orchestrator.export import ExportedDetector
+from orchestrator.training.engine import Progress, build_optimizer
+from orchestrator.launch.export import ExportedDetector
 from tests.overfit import shapes_batch
 
 PROGRESS = Progress(epoch=0, iteration=0, iters_per_epoch=1, epochs=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.drawing import (
+from orchestrator.evaluation.drawing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     class_color,

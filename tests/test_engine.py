@@ -5,18 +5,18 @@ import torch
 from detr_models.build import build_model, tiny_config
 from detr_models.criterion import SetCriterion
 from detr_models.matcher import HungarianMatcher
-from orchestrator.dataset import CocoDetection
-from orchestrator.engine import (
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.training.engine import (
     DetectionObjective,
     build_optimizer,
     build_scheduler,
     evaluate,
     train_one_epoch,
 )
-from orchestrator.evaluation import METRIC_NAMES, CocoEvaluator
-from orchestrator.loader import build_loader
-from orchestrator.synth import ensure_shapes, split_paths
-from orchestrator.transforms import eval_transforms
+from orchestrator.evaluation.coco import METRIC_NAMES, CocoEvaluator
+from orchestrator.data.loader import build_loader
+from orchestrator.data.synth import ensure_shapes, split_paths
+from orchestrator.data.transforms import eval_transforms
 
 
 def _setup(tmp_path_factory, count=8):

@@ -1,4 +1,4 @@
-"""Tests for orchestrator.evaluation against a small hand-built COCO ground truth."""
+"""Tests for orchestrator.evaluation.coco against a small hand-built COCO ground truth."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 
-from orchestrator.evaluation import METRIC_NAMES, CocoEvaluator, format_metrics_table
+from orchestrator.evaluation.coco import METRIC_NAMES, CocoEvaluator, format_metrics_table
 
 # Non-contiguous on purpose: contiguous label k maps to CATEGORY_IDS[k].
 CATEGORY_IDS = [1, 3, 7]

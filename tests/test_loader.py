@@ -1,8 +1,8 @@
 import torch
 
-from orchestrator.dataset import CocoDetection
-from orchestrator.loader import Batch, build_loader, collate_detection, set_epoch
-from orchestrator.transforms import eval_transforms
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.data.loader import Batch, build_loader, collate_detection, set_epoch
+from orchestrator.data.transforms import eval_transforms
 
 
 def _sample(h, w, value, n_boxes=1):

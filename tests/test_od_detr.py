@@ -21,7 +21,7 @@ from distill.matching_distill import (
 )
 from distill.od_detr import INIT_GROUP, ODDETR, MatchingConfig, ODDETRConfig
 from distill.schedules import TermConfig
-from orchestrator.engine import Progress
+from orchestrator.training.engine import Progress
 from tests.overfit import shapes_batch
 
 PROGRESS = Progress(0, 0, 1, 1)

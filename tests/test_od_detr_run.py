@@ -7,9 +7,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import checkpoints
-from orchestrator.run import run_experiment
-from orchestrator.train import run_training
+from orchestrator.training import checkpoints
+from orchestrator.launch.run import run_experiment
+from orchestrator.training.fit import run_training
 from tests.test_run import tiny_spec
 
 OD = {"method": "od_detr", "ema": {"decay": 0.9}}

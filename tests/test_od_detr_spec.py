@@ -4,10 +4,10 @@ import itertools
 
 import pytest
 
-from orchestrator.run import export_choice
-from orchestrator.spec_loader import SpecError, flatten_params, load_spec_dict
-from orchestrator.stability import _compare, assignment_agreement
-from orchestrator.train import od_detr_config
+from orchestrator.launch.run import export_choice
+from orchestrator.spec.loader import SpecError, flatten_params, load_spec_dict
+from orchestrator.evaluation.stability import _compare, assignment_agreement
+from orchestrator.training.fit import od_detr_config
 
 TEACHER = {
     "model": {"architecture": "dab_detr", "decoder_layers": 3},

@@ -9,12 +9,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator.checkpoints import read_model_file
-from orchestrator.cli import main
+from orchestrator.training.checkpoints import read_model_file
+from orchestrator.cli.main import main
 from orchestrator.errors import UserInputError
-from orchestrator.model_source import load_model
-from orchestrator.run import run_experiment
-from orchestrator.spec_loader import load_spec_dict, resolve_paths
+from orchestrator.training.model_source import load_model
+from orchestrator.launch.run import run_experiment
+from orchestrator.spec.loader import load_spec_dict, resolve_paths
 
 
 def tiny_spec(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import main
-from orchestrator.spec_commands import schema_json
-from orchestrator.spec_loader import (
+from orchestrator.cli.main import main
+from orchestrator.cli.spec_commands import schema_json
+from orchestrator.spec.loader import (
     MAX_PARAM_CHARS,
     SpecError,
     flatten_params,

@@ -1,5 +1,5 @@
-from orchestrator.cli import main
-from orchestrator.spec_loader import load_spec
+from orchestrator.cli.main import main
+from orchestrator.spec.loader import load_spec
 
 SPEC = """name: vars
 data:

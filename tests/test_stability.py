@@ -2,7 +2,7 @@ import torch
 
 from detr_models.build import build_model, tiny_config
 from detr_models.matcher import HungarianMatcher
-from orchestrator.stability import MatchingStability, _compare
+from orchestrator.evaluation.stability import MatchingStability, _compare
 from tests.overfit import shapes_batch
 
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import main
-from orchestrator.cluster_commands import server_command
+from orchestrator.cli.main import main
+from orchestrator.cli.cluster_commands import server_command
 from tests.test_run import tiny_spec_dict
 
 BIN = Path(sys.executable).parent

@@ -3,9 +3,9 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.search_space import apply, assign, lookup
-from orchestrator.spec_loader import SpecError, load_spec_dict
-from orchestrator.sweep import format_results, run_sweep
+from orchestrator.spec.search_space import apply, assign, lookup
+from orchestrator.spec.loader import SpecError, load_spec_dict
+from orchestrator.launch.sweep import format_results, run_sweep
 from tests.test_run import tiny_spec
 
 OD = {"method": "od_detr", "ema": {"decay": 0.9}}

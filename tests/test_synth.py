@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from orchestrator import synth
-from orchestrator.synth import CATEGORY_IDS, SHAPES, ensure_shapes, generate_shapes, split_paths
+from orchestrator.data import synth
+from orchestrator.data.synth import CATEGORY_IDS, SHAPES, ensure_shapes, generate_shapes, split_paths
 
 SMALL = {"num_train": 6, "num_val": 3, "image_size": 64}
 

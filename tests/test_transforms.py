@@ -3,9 +3,9 @@ import torch
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
-from orchestrator.dataset import CocoDetection
-from orchestrator.drawing import IMAGENET_MEAN, IMAGENET_STD
-from orchestrator.transforms import RandomSizeCrop, eval_transforms, train_transforms
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.evaluation.drawing import IMAGENET_MEAN, IMAGENET_STD
+from orchestrator.data.transforms import RandomSizeCrop, eval_transforms, train_transforms
 from tests.conftest import write_coco
 
 

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-import orchestrator.quiet_coco  # noqa: F401  (silences pycocotools)
+import orchestrator.data.quiet_coco  # noqa: F401  (silences pycocotools)
 from orchestrator.errors import DatasetError
 
 logger = logging.getLogger("detrdistill")

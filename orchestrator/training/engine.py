@@ -19,8 +19,8 @@ from torch import nn
 
 from detr_models.criterion import SetCriterion, encoder_proposal_losses
 from detr_models.postprocess import PostProcess
-from orchestrator.evaluation import CocoEvaluator
-from orchestrator.loader import Batch
+from orchestrator.evaluation.coco import CocoEvaluator
+from orchestrator.data.loader import Batch
 
 
 @dataclass

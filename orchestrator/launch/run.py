@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator import checkpoints
-from orchestrator.data_build import build_datasets
+from orchestrator.training import checkpoints
+from orchestrator.data.build import build_datasets
 from orchestrator.errors import UserInputError
-from orchestrator.export import ExportedDetector
-from orchestrator.model_source import check_source_syntax, load_model
-from orchestrator.spec import ExperimentSpec
-from orchestrator.spec_loader import flatten_params, spec_to_yaml
+from orchestrator.launch.export import ExportedDetector
+from orchestrator.training.model_source import check_source_syntax, load_model
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.loader import flatten_params, spec_to_yaml
 
 # MLflow runs this process has open, so that a stop signal can close them (see the CLI)
 ACTIVE_RUNS: list = []
@@ -119,7 +119,7 @@ def run_experiment(
 ) -> RunResult:
     """Run `spec` (already resolved to absolute paths) end to end and return the summary."""
     from orchestrator import tracking
-    from orchestrator.train import FAULT_ENV
+    from orchestrator.training.fit import FAULT_ENV
 
     started = time.monotonic()
     num_classes = preflight(spec)
@@ -195,7 +195,7 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.train import train_worker
+    from orchestrator.training.fit import train_worker
 
     scaling = spec.scaling
     resources = {"CPU": scaling.cpus_per_worker}

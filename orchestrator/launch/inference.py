@@ -13,13 +13,13 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from detr_models.postprocess import PostProcess
-from orchestrator.dataset import CocoDetection
-from orchestrator.drawing import save_detections_png
-from orchestrator.engine import evaluate
-from orchestrator.evaluation import CocoEvaluator, format_metrics_table
-from orchestrator.loader import build_loader
-from orchestrator.model_source import load_model
-from orchestrator.transforms import eval_transforms
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.evaluation.drawing import save_detections_png
+from orchestrator.training.engine import evaluate
+from orchestrator.evaluation.coco import CocoEvaluator, format_metrics_table
+from orchestrator.data.loader import build_loader
+from orchestrator.training.model_source import load_model
+from orchestrator.data.transforms import eval_transforms
 
 
 def evaluate_model(

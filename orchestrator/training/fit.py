@@ -17,12 +17,12 @@ from torch import nn
 from detr_models.build import build_model
 from detr_models.criterion import SetCriterion
 from detr_models.matcher import HungarianMatcher
-from orchestrator import checkpoints
-from orchestrator.data_build import build_datasets, data_paths
-from orchestrator.dataset import CocoDetection
-from orchestrator.distill_spec import detrdistill_section, od_detr_section
-from orchestrator.drawing import denormalize_image, draw_detections
-from orchestrator.engine import (
+from orchestrator.training import checkpoints
+from orchestrator.data.build import build_datasets, data_paths
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.spec.distill import detrdistill_section, od_detr_section
+from orchestrator.evaluation.drawing import denormalize_image, draw_detections
+from orchestrator.training.engine import (
     DetectionObjective,
     Objective,
     build_optimizer,
@@ -31,12 +31,12 @@ from orchestrator.engine import (
     train_one_epoch,
     unwrap,
 )
-from orchestrator.evaluation import METRIC_NAMES, CocoEvaluator, format_metrics_table
-from orchestrator.loader import build_loader, collate_detection, set_epoch
-from orchestrator.spec import ExperimentSpec
-from orchestrator.spec_loader import load_spec_dict
-from orchestrator.stability import MatchingStability, assignment_agreement
-from orchestrator.transforms import eval_transforms
+from orchestrator.evaluation.coco import METRIC_NAMES, CocoEvaluator, format_metrics_table
+from orchestrator.data.loader import build_loader, collate_detection, set_epoch
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.loader import load_spec_dict
+from orchestrator.evaluation.stability import MatchingStability, assignment_agreement
+from orchestrator.data.transforms import eval_transforms
 
 logger = logging.getLogger("detrdistill")
 # Fault injection for testing resume: set in the driver's environment, the first attempt of
@@ -123,7 +123,7 @@ def build_objective(
     offline = online = None
     if (section := detrdistill_section(spec.distill)) is not None:
         from distill.detrdistill import DETRDistill
-        from orchestrator.model_source import load_model
+        from orchestrator.training.model_source import load_model
 
         teacher_config = spec.teacher.model.to_model_config(num_classes)
         teacher, _ = load_model(spec.teacher.weights, teacher_config, spec.mlflow.tracking_uri)

@@ -23,7 +23,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
 
-import orchestrator.quiet_coco  # noqa: F401  (silences pycocotools)
+import orchestrator.data.quiet_coco  # noqa: F401  (silences pycocotools)
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_convert
 
-from orchestrator.dataset import CocoDetection
-from orchestrator.drawing import denormalize_image, save_detections_png
-from orchestrator.evaluation import CocoEvaluator
-from orchestrator.transforms import eval_transforms
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.evaluation.drawing import denormalize_image, save_detections_png
+from orchestrator.evaluation.coco import CocoEvaluator
+from orchestrator.data.transforms import eval_transforms
 
 
 @dataclass

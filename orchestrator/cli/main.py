@@ -68,22 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--draw-dir", type=Path, help="write a few images with their boxes here")
     check.set_defaults(handler=_run_check)
 
-    from orchestrator.spec_commands import add_spec_commands
+    from orchestrator.cli.spec_commands import add_spec_commands
 
     add_spec_commands(commands)
 
-    from orchestrator.run_commands import add_run_commands
+    from orchestrator.cli.run_commands import add_run_commands
 
     add_run_commands(commands)
 
-    from orchestrator.cluster_commands import add_cluster_commands
+    from orchestrator.cli.cluster_commands import add_cluster_commands
 
     add_cluster_commands(commands)
     return parser
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from orchestrator.synth import generate_shapes
+    from orchestrator.data.synth import generate_shapes
 
     try:
         out = generate_shapes(
@@ -103,9 +103,9 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from orchestrator.data_check import evaluate_ground_truth, open_for_check, summarize
-    from orchestrator.evaluation import format_metrics_table
-    from orchestrator.synth import split_paths
+    from orchestrator.data.check import evaluate_ground_truth, open_for_check, summarize
+    from orchestrator.evaluation.coco import format_metrics_table
+    from orchestrator.data.synth import split_paths
 
     if args.root is not None and (args.images or args.annotations):
         raise UserInputError("data check: give either ROOT or --images/--annotations, not both")

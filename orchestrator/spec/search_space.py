@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.tune_spec import Distribution, TuneSpec
+from orchestrator.spec.tune import Distribution, TuneSpec
 
 Check = Callable[[dict], list[str]]  # validates a spec dict; returns its problems
 

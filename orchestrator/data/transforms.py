@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from orchestrator.drawing import IMAGENET_MEAN, IMAGENET_STD
+from orchestrator.evaluation.drawing import IMAGENET_MEAN, IMAGENET_STD
 
 COCO_TRAIN_SCALES = tuple(range(480, 801, 32))
 COCO_MAX_SIZE = 1333

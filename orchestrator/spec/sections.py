@@ -12,14 +12,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detr_models.build import ModelConfig
-from orchestrator.distill_spec import (
+from orchestrator.spec.distill import (
     CombinedSpec,
     DetrDistillSpec,
     OdDetrSpec,
     detrdistill_section,
     od_detr_section,
 )
-from orchestrator.tune_spec import TuneSpec
+from orchestrator.spec.tune import TuneSpec
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.spec import ExperimentSpec
+from orchestrator.spec.sections import ExperimentSpec
 
 
 def _registered_version(uri: str, name: str) -> str | None:
@@ -36,8 +36,8 @@ def run_comparison(
 ) -> list[tuple[str, float | None, float | None]]:
     """Teacher (trained or reused from the registry), then each student from scratch."""
     from orchestrator import tracking
-    from orchestrator.inference import evaluate_model
-    from orchestrator.run import run_experiment
+    from orchestrator.launch.inference import evaluate_model
+    from orchestrator.launch.run import run_experiment
 
     uri = teacher.mlflow.tracking_uri
     name = teacher.mlflow.register_as
@@ -49,7 +49,7 @@ def run_comparison(
         print(f"reusing the teacher models:/{name}/{version} from the registry", flush=True)
     rows: list[tuple[str, float | None, float | None]] = []
     if version is not None:
-        from orchestrator.data_build import data_paths
+        from orchestrator.data.build import data_paths
 
         images, annotations = data_paths(teacher.data)["val"]
         scores = evaluate_model(f"models:/{name}/{version}", images, annotations, uri, quiet=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.run import (
+from orchestrator.launch.run import (
     ACTIVE_RUNS,
     _artifact_root,
     _best_checkpoint,
@@ -31,10 +31,10 @@ from orchestrator.run import (
     build_trainer,
     close_active_runs,
 )
-from orchestrator.run import preflight as _preflight
-from orchestrator.search_space import apply, mutation, to_tune
-from orchestrator.spec import ExperimentSpec
-from orchestrator.spec_loader import flatten_params, load_spec_dict, spec_to_yaml
+from orchestrator.launch.run import preflight as _preflight
+from orchestrator.spec.search_space import apply, mutation, to_tune
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.loader import flatten_params, load_spec_dict, spec_to_yaml
 
 TRIAL_TAG = "detrdistill.trial"
 
@@ -111,7 +111,7 @@ def pbt_trial(config: dict, context: dict) -> None:
     import ray.tune
 
     from orchestrator import tracking
-    from orchestrator.train import RayTrainReporter, run_training
+    from orchestrator.training.fit import RayTrainReporter, run_training
 
     tune_context = ray.tune.get_context()
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
@@ -360,7 +360,8 @@ def _export_stopped_trial(context: dict, row: dict, run_id: str) -> None:
     of its Ray Train checkpoints."""
     import ray.train
 
-    from orchestrator import checkpoints, tracking
+    from orchestrator.training import checkpoints
+    from orchestrator import tracking
 
     spec = trial_spec(context["base"], row["params"], row["trial"])
     folder = Path(context["storage"]) / f"{context['sweep_key']}-{row['trial_id']}"

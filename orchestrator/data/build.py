@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.dataset import CocoDetection
-from orchestrator.spec import DataSpec, SyntheticData
-from orchestrator.synth import ensure_shapes, split_paths
-from orchestrator.transforms import eval_transforms, train_transforms
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.spec.sections import DataSpec, SyntheticData
+from orchestrator.data.synth import ensure_shapes, split_paths
+from orchestrator.data.transforms import eval_transforms, train_transforms
 
 
 def data_paths(data: DataSpec) -> dict[str, tuple[Path, Path]]:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.engine import unwrap
-from orchestrator.loader import Batch
+from orchestrator.training.engine import unwrap
+from orchestrator.data.loader import Batch
 
 
 def _slots(out: Any, batch_index: int, query_index: torch.Tensor) -> list[int]:

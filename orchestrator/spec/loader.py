@@ -26,8 +26,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from orchestrator.errors import UserInputError
-from orchestrator.spec import ExperimentSpec
-from orchestrator.spec_vars import expand_variables
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.variables import expand_variables
 
 MAX_PARAM_CHARS = 500  # MLflow rejects longer parameter values
 PathParts = Sequence[str | int]
@@ -162,7 +162,7 @@ def _validate(
 
 def _tune_problems(spec: ExperimentSpec) -> list[tuple[list[str], str]]:
     """The sweep's paths and values, each checked by validating the spec it would produce."""
-    from orchestrator.search_space import tune_problems
+    from orchestrator.spec.search_space import tune_problems
 
     def check(sample: dict) -> list[str]:
         try:

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from orchestrator.spec_commands import add_override_option
+from orchestrator.cli.spec_commands import add_override_option
 
 
 def add_cluster_commands(commands) -> None:
@@ -49,7 +49,7 @@ def add_cluster_commands(commands) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from orchestrator.submit import submit
+    from orchestrator.launch.submit import submit
 
     return submit(
         args.spec,
@@ -64,7 +64,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from orchestrator.submit import jobs_command
+    from orchestrator.launch.submit import jobs_command
 
     return jobs_command(args)
 

@@ -279,7 +279,7 @@ def _write_split(root: Path, split: str, count: int, params: dict[str, Any]) -> 
     dataset = {
         "info": {
             "description": f"synthetic shapes, {split} split",
-            "generator": "orchestrator.synth",
+            "generator": "orchestrator.data.synth",
             "version": FORMAT_VERSION,
             "params": params,
         },

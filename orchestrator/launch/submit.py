@@ -3,7 +3,7 @@
 The job's working directory holds the spec (overrides applied) and the small local files it
 names (a teacher weights file); the project's packages travel as `py_modules`, so the cluster
 needs only the dependencies (torch, Ray, MLflow, ...), not this project installed. The entry
-point is `python -m orchestrator.cli run|sweep spec.yaml`.
+point is `python -m orchestrator.cli.main run|sweep spec.yaml`.
 
 Tracking: workers on a cluster cannot write the submitting machine's SQLite file, so a local
 tracking URI is refused; use an `http(s)://` MLflow server the cluster can reach.
@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import UserInputError
-from orchestrator.spec import ExperimentSpec
-from orchestrator.spec_loader import load_spec, spec_to_yaml
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.loader import load_spec, spec_to_yaml
 
 PACKAGES = ("detr_models", "distill", "orchestrator")
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def submit(
     experiment = spec.mlflow.experiment or spec.name
     client.call(
         "submit_job",
-        entrypoint=f"python -m orchestrator.cli {command} spec.yaml --run-name {run_name}",
+        entrypoint=f"python -m orchestrator.cli.main {command} spec.yaml --run-name {run_name}",
         submission_id=job_id,
         runtime_env=runtime_env,
         metadata={"detrdistill": command, "spec": spec.name, "mlflow_experiment": experiment},

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from orchestrator.errors import UserInputError
-from orchestrator.spec_commands import add_override_option
+from orchestrator.cli.spec_commands import add_override_option
 
 
 def add_run_commands(commands) -> None:
@@ -99,8 +99,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.run import handle_stop_signals, run_experiment
-    from orchestrator.spec_loader import load_spec, resolve_paths
+    from orchestrator.launch.run import handle_stop_signals, run_experiment
+    from orchestrator.spec.loader import load_spec, resolve_paths
 
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
     handle_stop_signals()
@@ -109,9 +109,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from orchestrator.run import handle_stop_signals
-    from orchestrator.spec_loader import load_spec, resolve_paths
-    from orchestrator.sweep import run_sweep
+    from orchestrator.launch.run import handle_stop_signals
+    from orchestrator.spec.loader import load_spec, resolve_paths
+    from orchestrator.launch.sweep import run_sweep
 
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
     handle_stop_signals()
@@ -120,8 +120,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from orchestrator.compare import run_comparison
-    from orchestrator.spec_loader import load_spec, resolve_paths
+    from orchestrator.launch.compare import run_comparison
+    from orchestrator.spec.loader import load_spec, resolve_paths
 
     teacher = resolve_paths(load_spec(args.teacher), Path.cwd())
     students = [resolve_paths(load_spec(p, args.overrides), Path.cwd()) for p in args.students]
@@ -130,10 +130,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from orchestrator.inference import evaluate_model
+    from orchestrator.launch.inference import evaluate_model
 
     if args.data is not None:
-        from orchestrator.synth import split_paths
+        from orchestrator.data.synth import split_paths
 
         images, annotations = split_paths(args.data, args.split)
     elif args.images and args.annotations:
@@ -148,7 +148,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from orchestrator.inference import predict_images
+    from orchestrator.launch.inference import predict_images
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:

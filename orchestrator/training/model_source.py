@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from detr_models.build import ModelConfig, build_model
-from orchestrator.checkpoints import MODEL_FILE, load_weights, read_model_file
+from orchestrator.training.checkpoints import MODEL_FILE, load_weights, read_model_file
 from orchestrator.errors import UserInputError
 
 URI_PREFIXES = ("models:/", "runs:/")

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.spec import ExperimentSpec
-from orchestrator.spec_loader import SpecError, load_spec
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.loader import SpecError, load_spec
 
 EXIT_BAD_INPUT = 2
 

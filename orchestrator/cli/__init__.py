@@ -1,0 +1,1 @@
+"""The `detrdistill` command line: one parser module per command group."""

@@ -1,0 +1,1 @@
+"""Measuring models: COCO AP with pycocotools, matching (in)stability, drawing detections."""

@@ -1,0 +1,2 @@
+"""The only door to Ray: Ray init, the Train worker, run, sweep, submit, compare, eval/predict
+and export of a trained student."""
