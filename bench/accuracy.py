@@ -40,9 +40,10 @@ def _one_thread() -> None:
 
 def train(path: str, seed: int, overrides: list[str], folder: str) -> dict:
     """Train one spec in this (pool) process; returns its final metrics and curves."""
-    from bench.local_training import metric_history, train_local
+    from bench.local_training import train_local
+    from orchestrator.spec.loader import load_spec
+    from orchestrator.spec.paths import resolve_paths
     from orchestrator.training.checkpoints import MODEL_FILE
-    from orchestrator.spec.loader import load_spec, resolve_paths
 
     spec = resolve_paths(load_spec(ROOT / path, [f"seed={seed}", *overrides]), ROOT)
     start = time.perf_counter()
@@ -52,9 +53,9 @@ def train(path: str, seed: int, overrides: list[str], folder: str) -> dict:
         "seed": seed,
         "minutes": (time.perf_counter() - start) / 60,
         "final": {k: v for k, v in last.items() if k.startswith(("val/", "val_ema/"))},
-        "instability": metric_history(reporter, "stability/instability"),
-        "flip_rate": metric_history(reporter, "stability/gt_flip_rate"),
-        "ema_instability": metric_history(reporter, "stability_ema/instability"),
+        "instability": reporter.metric("stability/instability"),
+        "flip_rate": reporter.metric("stability/gt_flip_rate"),
+        "ema_instability": reporter.metric("stability_ema/instability"),
         "model_file": str(reporter.last_checkpoint / MODEL_FILE),
     }
 
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     args = parser.parse_args()
     from orchestrator.data.build import build_datasets
-    from orchestrator.spec.loader import load_spec, resolve_paths
+    from orchestrator.spec.loader import load_spec
+    from orchestrator.spec.paths import resolve_paths
 
     common = [f"data.source.cache_dir={ROOT / 'data' / 'cache'}", "train.log_every=100000"]
     student = [

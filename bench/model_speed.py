@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from detr_models.build import ModelConfig, build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import ModelConfig, model_config_from_dict, tiny_config
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 
@@ -37,12 +38,14 @@ def configs(name: str) -> dict[str, ModelConfig]:
     arch, extra = VARIANTS[name]
     deformable = arch == "deformable_detr"
     tiny = tiny_config(arch, **extra, **(DEFORMABLE_TINY if deformable else {}))
-    r50 = ModelConfig(
-        architecture=arch,
-        num_classes=80,
-        num_queries=100 if arch == "detr" else 300,
-        **extra,
-        **(DEFORMABLE_R50 if deformable else {}),
+    r50 = model_config_from_dict(
+        {
+            "architecture": arch,
+            "num_classes": 80,
+            "num_queries": 100 if arch == "detr" else 300,
+            **extra,
+            **(DEFORMABLE_R50 if deformable else {}),
+        }
     )
     return {"tiny": tiny, "resnet50": r50}
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import mean_std  # noqa: E402
 from orchestrator import tracking  # noqa: E402
 from orchestrator.launch.run import run_experiment  # noqa: E402
-from orchestrator.spec.loader import load_spec, resolve_paths  # noqa: E402
+from orchestrator.spec.loader import load_spec  # noqa: E402
+from orchestrator.spec.paths import resolve_paths  # noqa: E402
 
 PAIRS = {
     "deformable": (

@@ -22,28 +22,29 @@ from pathlib import Path
 import torch
 
 from bench.common import ROOT, target_row, verdict, write_results
-from bench.local_training import LocalReporter
 from orchestrator.data.build import build_datasets
-from orchestrator.spec.loader import load_spec, resolve_paths
-from orchestrator.training.fit import run_training, train_worker
+from orchestrator.launch import worker
+from orchestrator.spec.loader import load_spec
+from orchestrator.spec.paths import resolve_paths
+from orchestrator.training.fit import run_training
+from orchestrator.training.reporters import LocalReporter
 
 TARGET = 0.95
 
 
 def timed_worker(config: dict) -> None:
     """`train_worker`, timed from inside the Ray worker, with the time of every report."""
-    from orchestrator.training import fit as train
 
     reports: list[float] = []
-    report = train.RayTrainReporter.report
+    report = worker.RayTrainReporter.report
 
     def timed_report(self, metrics, checkpoint_dir) -> None:
         report(self, metrics, checkpoint_dir)
         reports.append(time.perf_counter())
 
-    train.RayTrainReporter.report = timed_report
+    worker.RayTrainReporter.report = timed_report
     start = time.perf_counter()
-    train_worker(config)
+    worker.train_worker(config)
     Path(config["timing_file"]).write_text(
         json.dumps(
             {
@@ -65,7 +66,7 @@ def steady_images_per_s(reports: list[float], images_per_epoch: int) -> float:
 
 
 def run_ray(spec, storage: Path, key: str) -> dict:
-    from orchestrator.launch.run import build_trainer
+    from orchestrator.launch.worker import build_trainer
 
     timing = storage / f"{key}.json"
     trainer = build_trainer(
@@ -133,10 +134,10 @@ def main() -> None:
     images = args.epochs * len(train_set)
     import ray
 
-    from orchestrator.launch.run import _init_ray
+    from orchestrator.launch.session import init_ray
 
     start = time.perf_counter()
-    _init_ray(None)
+    init_ray(None)
     ray_init_s = time.perf_counter() - start
     plain, ray_runs = [], []
     with tempfile.TemporaryDirectory() as storage:

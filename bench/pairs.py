@@ -10,25 +10,25 @@ Weights are random: step time does not depend on them.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 
 import torch
 
 from bench.common import ROOT
-from detr_models.build import ModelConfig, build_model
+from detr_models.build import build_model
+from detr_models.config import ModelConfig, model_config_from_dict
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
-from distill.detrdistill import DETRDistill, query_kind
+from distill.config import DETRDistillConfig, ODDETRConfig
+from distill.detrdistill import DETRDistill
+from distill.objective import DetectionObjective, Progress
 from distill.od_detr import ODDETR
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.training.engine import DetectionObjective, Progress
 from orchestrator.data.loader import collate_detection
-from orchestrator.spec.loader import load_spec
 from orchestrator.data.synth import ensure_shapes, split_paths
-from orchestrator.training.fit import detrdistill_config, od_detr_config
 from orchestrator.data.transforms import eval_transforms
+from orchestrator.spec.loader import load_spec
 
 ARCHS = ("deformable_detr", "conditional_detr", "dab_detr")
 EXPERIMENTS = ROOT / "experiments"
@@ -60,17 +60,18 @@ CONFIGS = ("tiny", "resnet50")
 def pair(arch: str, config: str) -> tuple[ModelConfig, ModelConfig]:
     """(student, teacher) model configs of `arch` in the `tiny` or `resnet50` config."""
     if config == "tiny":
-        student = ModelConfig(architecture=arch, num_classes=3, **TINY_STUDENT, **TINY_LEVELS[arch])
-        teacher = dataclasses.replace(
-            student, tiny_width=16, hidden_dim=64, decoder_layers=3, ffn_dim=128
+        student = model_config_from_dict(
+            {"architecture": arch, "num_classes": 3, **TINY_STUDENT, **TINY_LEVELS[arch]}
+        )
+        teacher = student.model_copy(
+            update={"tiny_width": 16, "hidden_dim": 64, "decoder_layers": 3, "ffn_dim": 128}
         )
         return student, teacher
     if config != "resnet50":
         raise ValueError(f"unknown config {config!r}; choose from {CONFIGS}")
     spec = load_spec(EXPERIMENTS / R50_RECIPES[arch])
-    student = spec.student.to_model_config(80)
-    student = dataclasses.replace(student, backbone_weights=None)
-    teacher = dataclasses.replace(student, backbone="resnet101")
+    student = spec.student.with_classes(80).model_copy(update={"backbone_weights": None})
+    teacher = student.model_copy(update={"backbone": "resnet101"})
     return student, teacher
 
 
@@ -89,22 +90,22 @@ def synthetic_batch(batch: int, size: int, device: torch.device | str = "cpu"):
     return collate_detection([dataset[i % len(dataset)] for i in range(batch)]).to(device)
 
 
-def detrdistill_section():
+def detrdistill_config() -> DETRDistillConfig:
     """The paper's DETRDistill settings (A 1/5/2, B 1, C 2/5/2), as the R-50 recipe has them."""
     return load_spec(EXPERIMENTS / "coco_detrdistill_deformable_r101_r50.yaml").distill
 
 
-def od_detr_section():
+def od_detr_config() -> ODDETRConfig:
     return load_spec(EXPERIMENTS / "coco_oddetr_deformable_r50_12ep.yaml").distill
 
 
-def only(config, keep: str):
+def only(config: DETRDistillConfig, keep: str) -> DETRDistillConfig:
     """A DETRDistill config with every term but `keep` disabled."""
     changes = {
-        name: dataclasses.replace(getattr(config, name), enabled=name == keep)
+        name: getattr(config, name).model_copy(update={"enabled": name == keep})
         for name in ("logits", "feature", "query_prior")
     }
-    return dataclasses.replace(config, **changes)
+    return config.model_copy(update=changes)
 
 
 class Setup:
@@ -117,8 +118,8 @@ class Setup:
         self.arch, self.config = arch, config
         student, teacher = pair(arch, config)
         if queries is not None:
-            student = dataclasses.replace(student, num_queries=queries)
-            teacher = dataclasses.replace(teacher, num_queries=queries)
+            student = student.model_copy(update={"num_queries": queries})
+            teacher = teacher.model_copy(update={"num_queries": queries})
         self.student_config, self.teacher_config = student, teacher
         num_classes = self.student_config.num_classes
         self.student = build_model(self.student_config).to(device)
@@ -137,11 +138,9 @@ class Setup:
         if name == "student":
             return DetectionObjective(self.criterion)
         if name == "od_detr":
-            anchors = query_kind(self.student_config) == "anchor"
-            return ODDETR(
-                self.student, self.criterion, od_detr_config(od_detr_section()), anchors
-            ).to(self.device)
-        config = detrdistill_config(detrdistill_section())
+            anchors = self.student_config.query_kind == "anchor"
+            return ODDETR(self.student, self.criterion, od_detr_config(), anchors).to(self.device)
+        config = detrdistill_config()
         if name != "detrdistill":
             config = only(config, name)
         return DETRDistill(
@@ -151,8 +150,7 @@ class Setup:
     def step_fn(self, objective, batch):
         """One training step as the engine runs it: forward, losses, backward, AdamW, after_step."""
         params = list(self.student.parameters())
-        if isinstance(objective, torch.nn.Module):
-            params += [p for p in objective.parameters() if p.requires_grad]
+        params += [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5)
         progress = Progress(0, 0, 1, 1)
 

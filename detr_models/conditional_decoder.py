@@ -8,8 +8,8 @@ from torch import nn
 
 from detr_models.attention import BlockDiagonal, MultiHeadAttention
 from detr_models.box_ops import inverse_sigmoid
-from detr_models.detr_decoder import DecoderOutput
 from detr_models.layers import MLP, FeedForward, ResidualNorm
+from detr_models.output import DecoderOutput
 from detr_models.position import sine_encode
 
 

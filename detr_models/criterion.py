@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from detr_models.box_ops import cxcywh_to_xyxy
+from detr_models.config import LossConfig, MatcherConfig
 from detr_models.matcher import Assignment, HungarianMatcher
 from detr_models.output import DetrOutput, StageOutputs
 
@@ -126,7 +127,7 @@ class SetCriterion(nn.Module):
         num_stages, batch = logits.shape[0], logits.shape[1]
         if len(targets) != batch:
             raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
-        stage_weights = self._stage_weights(num_stages, stage_weights)
+        stage_weights = self.weights_for_stages(num_stages, stage_weights)
         fixed = _per_stage_indices(indices, num_stages, batch)
         soft = _per_stage_class_targets(class_targets, logits.shape)
         norm = float(num_boxes) if num_boxes is not None else _count_boxes(targets, logits.device)
@@ -193,7 +194,7 @@ class SetCriterion(nn.Module):
         )
         return cls, l1, giou
 
-    def _stage_weights(
+    def weights_for_stages(
         self, num_stages: int, override: Sequence[float] | None = None
     ) -> list[float]:
         weights = self.stage_weights if override is None else [float(w) for w in override]
@@ -285,3 +286,15 @@ def encoder_proposal_losses(
     # one stage here, whatever the decoder's stage weights are
     losses, _ = criterion(proposals, targets, prefix="enc_", stage_weights=[1.0])
     return losses
+
+
+def build_criterion(num_classes: int, matcher: MatcherConfig, loss: LossConfig) -> SetCriterion:
+    """The criterion (with its Hungarian matcher) of a matcher and a loss config."""
+    return SetCriterion(
+        num_classes,
+        HungarianMatcher(**matcher.model_dump()),
+        loss.cls,
+        loss.bbox,
+        loss.giou,
+        stage_weights=loss.stage_weights,
+    )

@@ -15,8 +15,8 @@ from torch import nn
 from detr_models.attention import SelfAttention
 from detr_models.box_ops import inverse_sigmoid
 from detr_models.deformable_attention import MultiScaleDeformableAttention, valid_ratios
-from detr_models.detr_decoder import DecoderOutput
 from detr_models.layers import MLP, FeedForward, PerStage, ResidualNorm
+from detr_models.output import DecoderOutput
 from detr_models.position import sine_encode
 
 

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from detr_models.attention import BlockDiagonal, SelfAttention
 from detr_models.layers import FeedForward, ResidualNorm
-
-
-@dataclass
-class DecoderOutput:
-    """hidden [L,B,Q,D], boxes [L,B,Q,4] normalised cxcywh, references [L,B,Q,R] or None."""
-
-    hidden: torch.Tensor
-    boxes: torch.Tensor
-    references: torch.Tensor | None
+from detr_models.output import DecoderOutput
 
 
 class DetrDecoderLayer(nn.Module):

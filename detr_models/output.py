@@ -23,6 +23,16 @@ class QueryGroup:
 
 
 @dataclass
+class DecoderOutput:
+    """What every decoder returns: hidden [L,B,Q,D], boxes [L,B,Q,4] normalised cxcywh,
+    references [L,B,Q,R] (what entered each stage) or None."""
+
+    hidden: torch.Tensor
+    boxes: torch.Tensor
+    references: torch.Tensor | None
+
+
+@dataclass
 class StageOutputs:
     """Per decoder stage predictions of one set of queries (the main set or one group).
 

@@ -8,16 +8,28 @@ OD-DETR distillation term is added.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+
 from torch import nn
 
-from distill.detrdistill import DETRDistill
-from distill.od_detr import ODDETR
+from detr_models.batch import Batch
+from detr_models.output import DetrOutput, QueryGroup
+from distill.detrdistill import DETRDistill, TeacherState
+from distill.objective import Diagnostics, Losses, Progress, TrainingObjective
+from distill.od_detr import ODDETR, EmaState
 
 
-class CombinedDistill(nn.Module):
+@dataclass
+class CombinedState:
+    offline: TeacherState
+    online: EmaState
+
+
+class CombinedDistill(TrainingObjective):
+    """The composition of two objectives through their declared parts (see TrainingObjective)."""
+
     def __init__(self, offline: DETRDistill, online: ODDETR) -> None:
-        super().__init__()
+        super().__init__(online.criterion)
         self.offline = offline
         self.online = online
 
@@ -30,20 +42,24 @@ class CombinedDistill(nn.Module):
         return self.online.ema_model
 
     def after_step(self) -> None:
+        self.offline.after_step()
         self.online.after_step()
 
-    def forward(
-        self, model: nn.Module, batch, progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def prepare(self, batch: Batch, progress: Progress) -> tuple[CombinedState, list[QueryGroup]]:
         offline_state, offline_groups = self.offline.prepare(batch, progress)
         online_state, online_groups = self.online.prepare(batch, progress)
-        groups = offline_groups + online_groups
-        s_out = model(batch.images, batch.pixel_mask, groups or None)
-        losses, diagnostics = self.online.main_losses(s_out, online_state, batch)
-        for part in (
-            self.offline.distill_losses(s_out, offline_state, batch),
-            self.online.distill_losses(s_out, online_state, batch),
-        ):
-            losses.update(part[0])
-            diagnostics.update(part[1])
+        return CombinedState(offline_state, online_state), offline_groups + online_groups
+
+    def main_losses(
+        self, s_out: DetrOutput, state: CombinedState, batch: Batch
+    ) -> tuple[Losses, Diagnostics]:
+        return self.online.main_losses(s_out, state.online, batch)
+
+    def distill_losses(
+        self, s_out: DetrOutput, state: CombinedState, batch: Batch
+    ) -> tuple[Losses, Diagnostics]:
+        losses, diagnostics = self.offline.distill_losses(s_out, state.offline, batch)
+        more_losses, more = self.online.distill_losses(s_out, state.online, batch)
+        losses.update(more_losses)
+        diagnostics.update(more)
         return losses, diagnostics

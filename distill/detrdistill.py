@@ -9,50 +9,33 @@ scheduled distillation term (`distill_*` keys) and diagnostics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from detr_models.backbone import STRIDES
-from detr_models.build import ModelConfig
-from detr_models.criterion import SetCriterion, encoder_proposal_losses
+from detr_models.batch import Batch
+from detr_models.config import ModelConfig
+from detr_models.criterion import SetCriterion
+from detr_models.output import DetrOutput, QueryGroup
+from distill.config import DETRDistillConfig
 from distill.contrastive import contrastive_query_loss
 from distill.feature_distill import FeatureAdapter, feature_distillation_loss, target_aware_mask
 from distill.logits_distill import logits_distillation_loss
+from distill.objective import Diagnostics, Losses, Progress, TrainingObjective
 from distill.query_prior import GROUP_NAME, QueryTranslator, teacher_assignments
-from distill.schedules import TermConfig, map_stages, part_totals, stage_weights
+from distill.schedules import map_stages, part_totals, stage_weights
 
 
 @dataclass
-class DETRDistillConfig:
-    logits: TermConfig = field(default_factory=TermConfig)
-    feature: TermConfig = field(default_factory=TermConfig)
-    query_prior: TermConfig = field(default_factory=lambda: TermConfig(cls=2.0))
-    last_teacher_stage: bool = False  # option: the last teacher stage supervises every stage
-    top_k: int = 100
-    floor: float = 0.01
-    contrastive: TermConfig = field(default_factory=lambda: TermConfig(enabled=False, weight=0.2))
-    temperature: float = 0.07
+class TeacherState:
+    """What `prepare` hands to the losses: the teacher's output and each term's scale now."""
+
+    output: DetrOutput
+    scale: dict[str, float]
 
 
-def feature_strides(config: ModelConfig) -> list[int]:
-    """Stride of every encoder input level of a model config (extra levels double the last)."""
-    strides = [STRIDES[level] for level in sorted(config.levels, key=list(STRIDES).index)]
-    extra = (
-        config.num_feature_levels - len(strides) if config.architecture == "deformable_detr" else 0
-    )
-    return strides + [strides[-1] * 2 ** (i + 1) for i in range(max(0, extra))]
-
-
-def query_kind(config: ModelConfig) -> str:
-    anchors = config.architecture == "dab_detr" or (
-        config.architecture == "deformable_detr" and (config.two_stage or config.anchor_queries)
-    )
-    return "anchor" if anchors else "position"
-
-
-class DETRDistill(nn.Module):
+class DETRDistill(TrainingObjective):
     """The DETRDistill training objective. Its own parameters are the adapters (feature 1x1
     convs, query translators), which train with the student and are not part of it."""
 
@@ -64,14 +47,13 @@ class DETRDistill(nn.Module):
         criterion: SetCriterion,
         config: DETRDistillConfig,
     ) -> None:
-        super().__init__()
+        super().__init__(criterion)
         teacher.eval().requires_grad_(False)
         self.teacher = [teacher]  # a list hides it from .parameters() and .state_dict()
-        self.criterion = criterion
         self.config = config
         self.student_stages = student_config.decoder_layers
         self.teacher_stages = teacher_config.decoder_layers
-        t_strides, s_strides = feature_strides(teacher_config), feature_strides(student_config)
+        t_strides, s_strides = teacher_config.feature_strides, student_config.feature_strides
         # levels pair up by stride; unmatched levels are not distilled
         self.level_pairs = [
             (s_strides.index(s), t_strides.index(s)) for s in s_strides if s in t_strides
@@ -91,7 +73,7 @@ class DETRDistill(nn.Module):
             else nn.Identity()
         )
         self.query_translator = QueryTranslator(
-            width_t, query_kind(teacher_config), width_s, query_kind(student_config)
+            width_t, teacher_config.query_kind, width_s, student_config.query_kind
         )
         prior = config.query_prior
         self.prior_criterion = SetCriterion(
@@ -102,7 +84,7 @@ class DETRDistill(nn.Module):
             prior.giou,
             criterion.focal_alpha,
             criterion.focal_gamma,
-            stage_weights(prior.stages, self.student_stages),
+            stage_weights(prior.stage_weights, self.student_stages),
         )
         if config.last_teacher_stage:
             self.stage_map = [self.teacher_stages - 1] * self.student_stages
@@ -113,10 +95,7 @@ class DETRDistill(nn.Module):
     def teacher_model(self) -> nn.Module:
         return self.teacher[0]
 
-    def after_step(self) -> None:
-        pass
-
-    def scales(self, progress) -> dict[str, float]:
+    def scales(self, progress: Progress) -> dict[str, float]:
         """Each term's weight x schedule now (0 when disabled)."""
         cfg = self.config
         return {
@@ -126,35 +105,24 @@ class DETRDistill(nn.Module):
             "contrastive": cfg.contrastive.scale(progress),
         }
 
-    def prepare(self, batch, progress) -> tuple[dict, list]:
-        """Run the teacher on the batch: (state for `distill_losses`, query groups to add)."""
+    def prepare(self, batch: Batch, progress: Progress) -> tuple[TeacherState, list[QueryGroup]]:
+        """Run the teacher on the batch: its output, and the query-prior group to add."""
         scale = self.scales(progress)
         teacher = self.teacher_model
         teacher.eval()
         with torch.no_grad():
             t_out = teacher(batch.images, batch.pixel_mask)
         groups = [self.query_translator(t_out)] if scale["query_prior"] > 0 else []
-        return {"teacher": t_out, "scale": scale}, groups
-
-    def forward(
-        self, model: nn.Module, batch, progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        state, groups = self.prepare(batch, progress)
-        s_out = model(batch.images, batch.pixel_mask, groups or None)
-        losses, _ = self.criterion(s_out, batch.targets)
-        losses.update(encoder_proposal_losses(self.criterion, s_out, batch.targets))
-        terms, diagnostics = self.distill_losses(s_out, state, batch)
-        losses.update(terms)
-        return losses, diagnostics
+        return TeacherState(t_out, scale), groups
 
     def distill_losses(
-        self, s_out, state: dict, batch
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        self, s_out: DetrOutput, state: TeacherState, batch: Batch
+    ) -> tuple[Losses, Diagnostics]:
         """Every weighted DETRDistill term (`distill_*` keys) and diagnostics."""
         cfg = self.config
-        t_out, scale = state["teacher"], state["scale"]
-        losses: dict[str, torch.Tensor] = {}
-        diagnostics: dict[str, float] = {}
+        t_out, scale = state.output, state.scale
+        losses: Losses = {}
+        diagnostics: Diagnostics = {}
         # the distillation terms compute in float32 even under bf16 autocast (summed BCE costs)
         with torch.autocast(batch.images.device.type, enabled=False):
             if scale["logits"] > 0:
@@ -172,16 +140,16 @@ class DETRDistill(nn.Module):
                         s_out.groups[GROUP_NAME].hidden[-1].float()
                     )
                     losses["distill_contrastive"] = scale["contrastive"] * contrastive_query_loss(
-                        student_hidden, t_out.hidden[-1], cfg.temperature
+                        student_hidden, t_out.hidden[-1], cfg.contrastive.temperature
                     )
         diagnostics.update(part_totals(losses, ("logits", "feature", "prior")))
         return losses, diagnostics
 
     def _logits_terms(
-        self, s_out, t_out, scale: float, diagnostics: dict
-    ) -> dict[str, torch.Tensor]:
+        self, s_out: DetrOutput, t_out: DetrOutput, scale: float, diagnostics: Diagnostics
+    ) -> Losses:
         cfg = self.config.logits
-        weights = stage_weights(cfg.stages, self.student_stages)
+        weights = stage_weights(cfg.stage_weights, self.student_stages)
         losses, scores = {}, []
         for k, t in enumerate(self.stage_map):
             if weights[k] == 0:
@@ -204,10 +172,15 @@ class DETRDistill(nn.Module):
         return losses
 
     def _feature_terms(
-        self, s_out, t_out, batch, scale: float, diagnostics: dict
-    ) -> dict[str, torch.Tensor]:
+        self,
+        s_out: DetrOutput,
+        t_out: DetrOutput,
+        batch: Batch,
+        scale: float,
+        diagnostics: Diagnostics,
+    ) -> Losses:
         cfg = self.config.feature
-        weights = stage_weights(cfg.stages, self.teacher_stages)
+        weights = stage_weights(cfg.stage_weights, self.teacher_stages)
         gt = [t["boxes"] for t in batch.targets]
         losses, coverage = {}, []
         for j in range(self.teacher_stages):
@@ -222,8 +195,8 @@ class DETRDistill(nn.Module):
                     t_out.hidden[j],
                     t_feat,
                     gt,
-                    top_k=self.config.top_k,
-                    floor=self.config.floor,
+                    top_k=cfg.top_k,
+                    floor=cfg.floor,
                     feature_mask=mask,
                 )
                 coverage.append(psi[~mask].mean())
@@ -235,7 +208,9 @@ class DETRDistill(nn.Module):
             diagnostics["distill_feature_mask_mean"] = float(torch.stack(coverage).mean())
         return losses
 
-    def _query_prior_terms(self, s_out, t_out, targets, scale: float) -> dict[str, torch.Tensor]:
+    def _query_prior_terms(
+        self, s_out: DetrOutput, t_out: DetrOutput, targets: list, scale: float
+    ) -> Losses:
         assignments = teacher_assignments(t_out, targets, self.criterion.matcher)
         # the query prior always follows the even stage mapping (last_teacher_stage is for A)
         per_stage = [assignments[t] for t in map_stages(self.student_stages, self.teacher_stages)]

@@ -14,54 +14,37 @@ The EMA model is evaluated beside the student and can be the exported model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from detr_models.batch import Batch
 from detr_models.criterion import SetCriterion, encoder_proposal_losses, num_boxes
-from detr_models.output import QueryGroup
+from detr_models.matcher import Assignment
+from detr_models.output import DetrOutput, QueryGroup
 from distill.aux_groups import auxiliary_groups
+from distill.config import ODDETRConfig
 from distill.ema import EmaTeacher
 from distill.logits_distill import logits_distillation_loss
 from distill.matching_distill import agreement, map_by_token, matching_distillation_loss
-from distill.schedules import (
-    Schedule,
-    TermConfig,
-    part_totals,
-    schedule_factor,
-    stage_weights,
-)
+from distill.objective import Diagnostics, Losses, Progress, TrainingObjective
+from distill.schedules import part_totals, stage_weights
 
 INIT_GROUP = "od_init"
 
 
 @dataclass
-class MatchingConfig:
-    """1. Matching distillation; `weight` is w_t, the weight of the teacher's box terms."""
+class EmaState:
+    """What `prepare` hands to the losses: the EMA teacher's output, each term's scale now, and
+    the auxiliary groups with their fixed assignments."""
 
-    enabled: bool = True
-    weight: float = 1.0
-    quality_focal: bool = True
-    schedule: Schedule = field(default_factory=Schedule)
-
-    def scale(self, progress) -> float:
-        """The teacher's share now: the schedule alone (`weight` is w_t, applied separately)."""
-        return schedule_factor(self.enabled, self.schedule, progress)
+    output: DetrOutput
+    scale: dict[str, float]
+    aux: list[tuple[QueryGroup, list[Assignment]]]
 
 
-@dataclass
-class ODDETRConfig:
-    decay: float = 0.9997
-    warmup: bool = True
-    matching: MatchingConfig = field(default_factory=MatchingConfig)
-    initial_query: TermConfig = field(default_factory=TermConfig)  # weights as DETRDistill A
-    aux: TermConfig = field(default_factory=lambda: TermConfig(cls=2.0))
-    aux_per_gt: int = 2
-    aux_pooled: bool = False
-
-
-class ODDETR(nn.Module):
+class ODDETR(TrainingObjective):
     """The OD-DETR training objective. Holds the EMA teacher (in its state dict, never in the
     optimiser: its parameters do not require grad)."""
 
@@ -72,13 +55,12 @@ class ODDETR(nn.Module):
         config: ODDETRConfig,
         anchors: bool,
     ) -> None:
-        super().__init__()
-        self.ema = EmaTeacher(student, config.decay, config.warmup)
+        super().__init__(criterion)
+        self.ema = EmaTeacher(student, config.ema.decay, config.ema.warmup)
         self.student = [student]  # a list keeps it out of this module's state dict
-        self.criterion = criterion
         self.config = config
         self.anchors = anchors
-        aux = config.aux
+        aux = config.aux_groups
         self.aux_criterion = SetCriterion(
             criterion.num_classes,
             criterion.matcher,
@@ -96,15 +78,15 @@ class ODDETR(nn.Module):
     def after_step(self) -> None:
         self.ema.update(self.student[0])
 
-    def scales(self, progress) -> dict[str, float]:
+    def scales(self, progress: Progress) -> dict[str, float]:
         cfg = self.config
         return {
             "matching": cfg.matching.scale(progress),
             "initial_query": cfg.initial_query.scale(progress),
-            "aux": cfg.aux.scale(progress),
+            "aux": cfg.aux_groups.scale(progress),
         }
 
-    def prepare(self, batch, progress) -> tuple[dict, list[QueryGroup]]:
+    def prepare(self, batch: Batch, progress: Progress) -> tuple[EmaState, list[QueryGroup]]:
         """Run the EMA teacher: (state for the losses, the query groups to add)."""
         scale = self.scales(progress)
         t_out = self.ema(batch.images, batch.pixel_mask)
@@ -120,38 +102,26 @@ class ODDETR(nn.Module):
                 batch.targets,
                 self.criterion.matcher,
                 self.anchors,
-                self.config.aux_per_gt,
-                self.config.aux_pooled,
+                self.config.aux_groups.queries_per_gt,
+                self.config.aux_groups.grouping == "pooled",
             )
             groups += [group for group, _ in aux]
-        state = {"teacher": t_out, "scale": scale, "aux": aux}
-        return state, groups
-
-    def forward(
-        self, model: nn.Module, batch, progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        state, groups = self.prepare(batch, progress)
-        s_out = model(batch.images, batch.pixel_mask, groups or None)
-        losses, diagnostics = self.main_losses(s_out, state, batch)
-        terms, more = self.distill_losses(s_out, state, batch)
-        losses.update(terms)
-        diagnostics.update(more)
-        return losses, diagnostics
+        return EmaState(t_out, scale, aux), groups
 
     def main_losses(
-        self, s_out, state: dict, batch
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        self, s_out: DetrOutput, state: EmaState, batch: Batch
+    ) -> tuple[Losses, Diagnostics]:
         """The main queries' loss: matching distillation, or plain detection when it is off."""
         targets = batch.targets
         losses = encoder_proposal_losses(self.criterion, s_out, targets)
-        scale = state["scale"]["matching"]
+        scale = state.scale["matching"]
         if scale <= 0:
             plain, _ = self.criterion(s_out, targets)
             losses.update(plain)
             return losses, {}
-        t_out = state["teacher"]
+        t_out = state.output
         crit = self.criterion
-        weights = crit._stage_weights(s_out.num_stages)
+        weights = crit.weights_for_stages(s_out.num_stages)
         norm = num_boxes(targets, s_out.logits.device)
         matcher = crit.matcher
         same, total, extra = 0, 0, 0
@@ -169,7 +139,7 @@ class ODDETR(nn.Module):
                     own,
                     theirs,
                     norm,
-                    quality_focal=self.config.matching.quality_focal,
+                    quality_focal=self.config.matching.classification == "quality_focal",
                     teacher_scale=scale,
                     focal_alpha=crit.focal_alpha,
                     focal_gamma=crit.focal_gamma,
@@ -193,35 +163,37 @@ class ODDETR(nn.Module):
         return losses, diagnostics
 
     def distill_losses(
-        self, s_out, state: dict, batch
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        self, s_out: DetrOutput, state: EmaState, batch: Batch
+    ) -> tuple[Losses, Diagnostics]:
         """Initial-query prediction distillation and auxiliary groups (`distill_*` keys)."""
-        t_out, scale = state["teacher"], state["scale"]
-        losses: dict[str, torch.Tensor] = {}
+        t_out, scale = state.output, state.scale
+        losses: Losses = {}
         diagnostics = {"ema_decay": self.ema.current_decay()}
         with torch.autocast(batch.images.device.type, enabled=False):
             if scale["initial_query"] > 0:
                 losses.update(self._initial_query_terms(s_out, t_out, scale["initial_query"]))
-            for group, assignment in state["aux"]:
+            for group, assignment in state.aux:
                 suffix = group.name.removeprefix("od_aux")
                 terms, _ = self.aux_criterion(
                     s_out.groups[group.name],
                     batch.targets,
                     indices=assignment,
                     prefix=f"distill_aux{suffix}_",
-                    stage_weights=stage_weights(self.config.aux.stages, s_out.num_stages),
+                    stage_weights=stage_weights(
+                        self.config.aux_groups.stage_weights, s_out.num_stages
+                    ),
                 )
                 losses.update({k: v * scale["aux"] for k, v in terms.items()})
-        if state["aux"]:
-            counts = [sum(len(q) for q, _ in a) for _, a in state["aux"]]
+        if state.aux:
+            counts = [sum(len(q) for q, _ in a) for _, a in state.aux]
             diagnostics["distill_aux_queries"] = sum(counts) / len(batch.targets)
         diagnostics.update(part_totals(losses, ("init", "aux")))
         return losses, diagnostics
 
-    def _initial_query_terms(self, s_out, t_out, scale: float) -> dict[str, torch.Tensor]:
+    def _initial_query_terms(self, s_out: DetrOutput, t_out: DetrOutput, scale: float) -> Losses:
         cfg = self.config.initial_query
         group = s_out.groups[INIT_GROUP]
-        weights = stage_weights(cfg.stages, group.num_stages)
+        weights = stage_weights(cfg.stage_weights, group.num_stages)
         batch, queries = group.logits.shape[1:3]
         identity = [(torch.arange(queries), torch.arange(queries))] * batch
         losses = {}

@@ -9,53 +9,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from detr_models.config import StrictConfig
+from distill.objective import Progress
+
+NonNegFloat = Annotated[float, Field(ge=0)]
 
 STAGE_RULES = ("uniform", "last_only", "increasing")
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """kind: constant | warmup (linear 0 -> 1 over `warmup_epochs`) | step (0 before
-    `start_epoch`, 1 from it) | cosine (1 -> 0 over the whole run)."""
+class Schedule(StrictConfig):
+    """Multiplier over training: constant; warmup (linear 0 -> 1 over `warmup_epochs`); step
+    (0 before `start_epoch`, 1 from it); cosine (1 -> 0 over the whole run)."""
 
-    kind: str = "constant"
-    warmup_epochs: float = 0.0
-    start_epoch: float = 0.0
+    kind: Literal["constant", "warmup", "step", "cosine"] = "constant"
+    warmup_epochs: NonNegFloat = 0.0
+    start_epoch: NonNegFloat = 0.0
 
     def __call__(self, epoch: float, fraction: float) -> float:
-        if self.kind == "constant":
-            return 1.0
         if self.kind == "warmup":
             return 1.0 if self.warmup_epochs <= 0 else min(1.0, epoch / self.warmup_epochs)
         if self.kind == "step":
             return 1.0 if epoch >= self.start_epoch else 0.0
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
-        raise ValueError(
-            f"unknown schedule kind {self.kind!r}; use constant, warmup, step or cosine"
-        )
+        return 1.0
 
 
-@dataclass
-class TermConfig:
-    """One distillation component: on/off, weight, sub-weights, stage weights, schedule."""
+StageWeights = Literal["uniform", "last_only", "increasing"] | list[NonNegFloat]
+
+
+class TermConfig(StrictConfig):
+    """A distillation term: on/off, weight, class/L1/GIoU sub-weights, stage weights (a list,
+    one per stage, or a rule), schedule."""
 
     enabled: bool = True
-    weight: float = 1.0
-    cls: float = 1.0
-    bbox: float = 5.0
-    giou: float = 2.0
-    stages: str | Sequence[float] = "uniform"
-    schedule: Schedule = field(default_factory=Schedule)
+    weight: NonNegFloat = 1.0
+    cls: NonNegFloat = 1.0
+    bbox: NonNegFloat = 5.0
+    giou: NonNegFloat = 2.0
+    stage_weights: StageWeights = "uniform"
+    schedule: Schedule = Field(default_factory=Schedule)
 
-    def scale(self, progress) -> float:
-        """weight x schedule at `progress` (an engine Progress), 0 when disabled."""
+    def scale(self, progress: Progress) -> float:
+        """weight x schedule at `progress`, 0 when disabled."""
         return self.weight * schedule_factor(self.enabled, self.schedule, progress)
 
 
-def schedule_factor(enabled: bool, schedule: Schedule, progress) -> float:
-    """A term's schedule multiplier at `progress` (an engine Progress), 0 when disabled."""
+def schedule_factor(enabled: bool, schedule: Schedule, progress: Progress) -> float:
+    """A term's schedule multiplier at `progress`, 0 when disabled."""
     if not enabled:
         return 0.0
     epoch = progress.epoch + progress.iteration / max(1, progress.iters_per_epoch)

@@ -10,3 +10,6 @@ class UserInputError(ValueError):
 
 class DatasetError(UserInputError):
     """A COCO dataset that cannot be used: missing files, broken json, dangling references."""
+
+
+EXIT_BAD_INPUT = 2  # the CLI's exit code for a UserInputError

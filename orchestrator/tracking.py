@@ -27,13 +27,27 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(uri: str, name: str, artifact_root: str | None = None) -> str:
-    """The id of experiment `name`, created if missing (artifacts under `artifact_root`)."""
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go to `mlartifacts/` beside the database; other stores
+    (a server) decide for themselves (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name`, created if missing (artifacts at `artifact_root(uri)`)."""
     client = _client(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root)
+    return client.create_experiment(name, artifact_location=artifact_root(uri))
+
+
+def latest_version(uri: str, name: str) -> str | None:
+    """The newest version of registered model `name`, or None when it has none."""
+    versions = _client(uri).search_model_versions(f"name = '{name}'")
+    return max((v.version for v in versions), key=int) if versions else None
 
 
 def find_or_create_run(

@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny hand-made COCO datasets written to tmp folders."""
+"""Shared test helpers: tiny hand-made COCO datasets written to tmp folders, the tiny spec of
+the end-to-end tests (`tiny_spec` / `tiny_spec_dict` fixtures), a local Ray."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from orchestrator.spec.loader import load_spec_dict
+from orchestrator.spec.paths import resolve_paths
 
 CATEGORIES = [
     {"id": 1, "name": "circle"},
@@ -116,3 +120,70 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def make_tiny_spec(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides):
+    """The tiny DETR spec (8 train / 4 val 64 px images), validated, paths resolved to `base`."""
+    data = make_tiny_spec_dict(base, name, epochs, workers, register_as, **overrides)
+    return resolve_paths(load_spec_dict(data, source="test"), base)
+
+
+def make_tiny_spec_dict(
+    base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides
+):
+    """The tiny DETR spec as a plain dict; `overrides` are dotted paths."""
+    data = {
+        "name": name,
+        "seed": 0,
+        "data": {
+            "source": {
+                "kind": "synthetic",
+                "train_images": 8,
+                "val_images": 4,
+                "image_size": 64,
+                "cache_dir": str(base / "cache"),
+            },
+            "train_scales": [64],
+            "max_size": 96,
+            "crop": False,
+            "eval_size": 64,
+            "batch_size": 4,
+            "num_workers": 0,
+        },
+        "student": {
+            "architecture": "detr",
+            "backbone": "tiny",
+            "tiny_width": 8,
+            "levels": ["C4"],
+            "hidden_dim": 32,
+            "num_heads": 4,
+            "encoder_layers": 1,
+            "decoder_layers": 2,
+            "ffn_dim": 64,
+            "num_queries": 8,
+            "dropout": 0.0,
+        },
+        "optim": {"lr": 1e-3, "schedule": "step", "step_epochs": [1]},
+        "train": {"epochs": epochs, "log_every": 1},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 1},
+        "mlflow": {"register_as": register_as, "log_images": 2},
+    }
+    for path, value in overrides.items():
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return data
+
+
+@pytest.fixture
+def tiny_spec():
+    """`tiny_spec(base, name=..., epochs=..., workers=..., register_as=..., **dotted)`."""
+    return make_tiny_spec
+
+
+@pytest.fixture
+def tiny_spec_dict():
+    """`tiny_spec_dict(base, ...)`: the tiny spec as a plain dict (see make_tiny_spec_dict)."""
+    return make_tiny_spec_dict

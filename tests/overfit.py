@@ -6,15 +6,16 @@ from pathlib import Path
 
 import torch
 
-from detr_models.build import build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import tiny_config
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 from detr_models.postprocess import PostProcess
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.evaluation.coco import CocoEvaluator
 from orchestrator.data.loader import collate_detection
 from orchestrator.data.synth import ensure_shapes, split_paths
 from orchestrator.data.transforms import eval_transforms
+from orchestrator.evaluation.coco import CocoEvaluator
 
 
 def shapes_batch(cache: Path, count: int, size: int = 128):

@@ -1,17 +1,15 @@
 """The benchmark helpers whose output the README publishes."""
 
-import dataclasses
-
 import pytest
 import torch
 
 from bench.__main__ import END, START, report, update_readme
 from bench.common import target_row, write_results
-from bench.local_training import LocalReporter
 from bench.matching import MatchTimer, loop_match, random_targets
 from bench.pairs import only, pair
 from detr_models.matcher import HungarianMatcher
-from distill.detrdistill import DETRDistillConfig, feature_strides
+from distill.config import DETRDistillConfig
+from orchestrator.training.reporters import LocalReporter
 
 INFO = {
     "cpu": "test CPU",
@@ -110,7 +108,7 @@ def test_local_reporter_keeps_only_the_latest_checkpoint(tmp_path):
 def test_pairs_distil_a_bigger_teacher_into_a_student_with_shared_levels(arch, config):
     student, teacher = pair(arch, config)
     assert student.architecture == teacher.architecture == arch
-    assert set(feature_strides(student)) & set(feature_strides(teacher))
+    assert set(student.feature_strides) & set(teacher.feature_strides)
     if config == "tiny":
         assert teacher.hidden_dim > student.hidden_dim
         assert teacher.decoder_layers > student.decoder_layers
@@ -121,11 +119,7 @@ def test_pairs_distil_a_bigger_teacher_into_a_student_with_shared_levels(arch, c
 
 def test_only_keeps_one_detrdistill_term():
     config = only(DETRDistillConfig(), "feature")
-    enabled = {
-        f.name: getattr(config, f.name).enabled
-        for f in dataclasses.fields(config)
-        if f.name in ("logits", "feature", "query_prior")
-    }
+    enabled = {name: getattr(config, name).enabled for name in ("logits", "feature", "query_prior")}
     assert enabled == {"logits": False, "feature": True, "query_prior": False}
 
 

@@ -6,8 +6,8 @@ import torch
 from torchvision.ops import box_convert
 
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.errors import DatasetError
 from orchestrator.data.transforms import eval_transforms
+from orchestrator.errors import DatasetError
 from tests.conftest import write_coco
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detr_models.build import build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import tiny_config
 from detr_models.criterion import SetCriterion, encoder_proposal_losses, total
 from detr_models.deformable_attention import MultiScaleDeformableAttention
 from detr_models.layers import MLP

@@ -3,13 +3,16 @@ import copy
 import pytest
 import torch
 
-from detr_models.build import build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import tiny_config
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
-from distill.detrdistill import DETRDistill, DETRDistillConfig, feature_strides
+from distill.config import ContrastiveConfig, DETRDistillConfig
+from distill.detrdistill import DETRDistill
+from distill.objective import Progress
 from distill.schedules import Schedule, map_stages, stage_weights
-from orchestrator.training.engine import Progress, build_optimizer
 from orchestrator.launch.export import ExportedDetector
+from orchestrator.training.optim import build_optimizer
 from tests.overfit import shapes_batch
 
 PROGRESS = Progress(epoch=0, iteration=0, iters_per_epoch=1, epochs=1)
@@ -146,7 +149,7 @@ def test_feature_levels_must_share_a_stride():
     s_cfg = tiny_config("detr", levels=["C4"])
     with pytest.raises(ValueError, match=r"distill\.feature: student levels \(strides \[16\]\)"):
         _objective(build_model(t_cfg), t_cfg, s_cfg)
-    assert feature_strides(tiny_config("deformable_detr", levels=["C3", "C4", "C5"])) == [
+    assert tiny_config("deformable_detr", levels=["C3", "C4", "C5"]).feature_strides == [
         8,
         16,
         32,
@@ -160,17 +163,16 @@ def test_schedules_stage_rules_and_mapping():
     assert stage_weights("last_only", 3) == [0, 0, 1] and stage_weights("increasing", 2) == [0.5, 1]
     with pytest.raises(ValueError, match="one entry per stage"):
         stage_weights([1, 2], 3)
-    assert Schedule("warmup", warmup_epochs=4)(1.0, 0.1) == 0.25
+    assert Schedule(kind="warmup", warmup_epochs=4)(1.0, 0.1) == 0.25
     assert (
-        Schedule("step", start_epoch=2)(1.9, 0.1) == 0
-        and Schedule("step", start_epoch=2)(2, 0.2) == 1
+        Schedule(kind="step", start_epoch=2)(1.9, 0.1) == 0
+        and Schedule(kind="step", start_epoch=2)(2, 0.2) == 1
     )
-    assert Schedule("cosine")(0, 0.5) == pytest.approx(0.5)
+    assert Schedule(kind="cosine")(0, 0.5) == pytest.approx(0.5)
 
 
 def test_contrastive_term_is_optional_and_prefers_the_matching_query(batch):
     from distill.contrastive import contrastive_query_loss
-    from distill.detrdistill import TermConfig
 
     g = torch.Generator().manual_seed(0)
     teacher_hidden = torch.randn(2, 6, 8, generator=g)
@@ -185,7 +187,7 @@ def test_contrastive_term_is_optional_and_prefers_the_matching_query(batch):
     teacher, student = build_model(cfg), build_model(tiny_config("detr", hidden_dim=32))
     off, _ = _objective(teacher, cfg, tiny_config("detr", hidden_dim=32))(student, batch, PROGRESS)
     assert "distill_contrastive" not in off
-    config = DETRDistillConfig(contrastive=TermConfig(enabled=True, weight=0.2))
+    config = DETRDistillConfig(contrastive=ContrastiveConfig(enabled=True, weight=0.2))
     on, _ = _objective(teacher, cfg, tiny_config("detr", hidden_dim=32), config)(
         student, batch, PROGRESS
     )
@@ -199,9 +201,7 @@ def test_distillation_runs_under_bf16_autocast(batch):
     t_cfg = tiny_config("deformable_detr", levels=["C3", "C4", "C5"], box_refine=True)
     s_cfg = tiny_config("deformable_detr", levels=["C3", "C4", "C5"], two_stage=True, hidden_dim=32)
     teacher, student = build_model(t_cfg), build_model(s_cfg)
-    from distill.detrdistill import TermConfig
-
-    config = DETRDistillConfig(contrastive=TermConfig(enabled=True, weight=0.2))
+    config = DETRDistillConfig(contrastive=ContrastiveConfig(enabled=True, weight=0.2))
     objective = _objective(teacher, t_cfg, s_cfg, config)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses, _ = objective(student, batch, PROGRESS)

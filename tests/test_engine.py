@@ -2,21 +2,18 @@ import math
 
 import torch
 
-from detr_models.build import build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import tiny_config
 from detr_models.criterion import SetCriterion
 from detr_models.matcher import HungarianMatcher
+from distill.objective import DetectionObjective
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.training.engine import (
-    DetectionObjective,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    train_one_epoch,
-)
-from orchestrator.evaluation.coco import METRIC_NAMES, CocoEvaluator
 from orchestrator.data.loader import build_loader
 from orchestrator.data.synth import ensure_shapes, split_paths
 from orchestrator.data.transforms import eval_transforms
+from orchestrator.evaluation.coco import METRIC_NAMES, CocoEvaluator
+from orchestrator.training.engine import evaluate, train_one_epoch
+from orchestrator.training.optim import build_optimizer, build_scheduler
 
 
 def _setup(tmp_path_factory, count=8):

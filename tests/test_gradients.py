@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from detr_models.build import build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import tiny_config
 from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 from detr_models.output import QueryGroup

@@ -1,7 +1,8 @@
 import torch
 
+from detr_models.batch import Batch
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.data.loader import Batch, build_loader, collate_detection, set_epoch
+from orchestrator.data.loader import build_loader, collate_detection, set_epoch
 from orchestrator.data.transforms import eval_transforms
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from detr_models.build import ModelConfig, build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import DetrConfig, tiny_config
 from detr_models.output import QueryGroup
 
 ARCHITECTURES = ["detr", "conditional_detr", "dab_detr"]
@@ -114,7 +115,7 @@ def test_build_model_rejects_bad_config():
 
 
 def test_resnet_backbone_levels_and_frozen_stages():
-    config = ModelConfig(
+    config = DetrConfig(
         backbone="resnet18",
         levels=["C3", "C4", "C5"],
         hidden_dim=32,
@@ -143,7 +144,7 @@ def test_backbone_weights_file(tmp_path):
     path = tmp_path / "r18.pth"
     reference = resnet18(weights=None)
     torch.save(reference.state_dict(), path)
-    config = ModelConfig(
+    config = DetrConfig(
         backbone="resnet18",
         backbone_weights=str(path),
         hidden_dim=32,
@@ -158,6 +159,6 @@ def test_backbone_weights_file(tmp_path):
     assert torch.equal(model.backbone.stem[0].weight, reference.conv1.weight)
     (tmp_path / "bad.pth").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"bad\.pth is not a readable torch state dict"):
-        build_model({**config.to_dict(), "backbone_weights": str(tmp_path / "bad.pth")})
+        build_model({**config.model_dump(), "backbone_weights": str(tmp_path / "bad.pth")})
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
-        build_model({**config.to_dict(), "backbone_weights": str(tmp_path / "missing.pth")})
+        build_model({**config.model_dump(), "backbone_weights": str(tmp_path / "missing.pth")})

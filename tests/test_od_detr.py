@@ -5,13 +5,21 @@ import copy
 import pytest
 import torch
 
-from detr_models.build import build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import tiny_config
 from detr_models.criterion import SetCriterion
 from detr_models.matcher import HungarianMatcher
 from detr_models.output import QueryGroup
 from distill.aux_groups import auxiliary_groups, build_group, select_queries
 from distill.combined import CombinedDistill
-from distill.detrdistill import DETRDistill, DETRDistillConfig, query_kind
+from distill.config import (
+    AuxGroupsConfig,
+    DETRDistillConfig,
+    EmaConfig,
+    MatchingConfig,
+    ODDETRConfig,
+)
+from distill.detrdistill import DETRDistill
 from distill.ema import EmaTeacher, ema_decay
 from distill.matching_distill import (
     agreement,
@@ -19,9 +27,9 @@ from distill.matching_distill import (
     map_by_token,
     matching_distillation_loss,
 )
-from distill.od_detr import INIT_GROUP, ODDETR, MatchingConfig, ODDETRConfig
+from distill.objective import Progress
+from distill.od_detr import INIT_GROUP, ODDETR
 from distill.schedules import TermConfig
-from orchestrator.training.engine import Progress
 from tests.overfit import shapes_batch
 
 PROGRESS = Progress(0, 0, 1, 1)
@@ -194,7 +202,7 @@ def test_map_by_token_follows_the_encoder_tokens():
 # ----------------------------------------------------------------------------- the objective
 def objective_for(model, config, arch_config):
     criterion = SetCriterion(3, HungarianMatcher())
-    return ODDETR(model, criterion, config, query_kind(arch_config) == "anchor")
+    return ODDETR(model, criterion, config, arch_config.query_kind == "anchor")
 
 
 @pytest.mark.parametrize(
@@ -210,7 +218,7 @@ def test_frozen_ema_of_the_student_gives_zero_prediction_distillation(arch, extr
     _, batch = shapes_batch(tmp_path, count=2)
     config = tiny_config(arch, **extra)
     model = build_model(config)
-    ema_config = ODDETRConfig(decay=1.0, warmup=False)
+    ema_config = ODDETRConfig(ema=EmaConfig(decay=1.0, warmup=False))
     objective = objective_for(model, ema_config, config)
     objective.after_step()  # decay 1: the EMA stays the student's copy
     losses, diagnostics = objective(model, batch, PROGRESS)
@@ -255,7 +263,7 @@ def test_terms_switch_off_and_gradients_reach_the_student(tmp_path):
     off = ODDETRConfig(
         matching=MatchingConfig(enabled=False),
         initial_query=TermConfig(enabled=False),
-        aux=TermConfig(enabled=False),
+        aux_groups=AuxGroupsConfig(enabled=False),
     )
     objective = objective_for(model, off, config)
     losses, _ = objective(model, batch, PROGRESS)

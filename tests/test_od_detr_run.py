@@ -7,36 +7,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator.training import checkpoints
 from orchestrator.launch.run import run_experiment
+from orchestrator.training import checkpoints
 from orchestrator.training.fit import run_training
-from tests.test_run import tiny_spec
+from orchestrator.training.reporters import LocalReporter
+from tests.conftest import make_tiny_spec
 
 OD = {"method": "od_detr", "ema": {"decay": 0.9}}
 
 
-class LocalReporter:
-    """The loop's reporter without Ray: checkpoints in a folder, metrics in a list."""
-
-    rank = 0
-
-    def __init__(self, root: Path, resume: Path | None = None) -> None:
-        self.root, self.resume, self.reports = root, resume, []
-
-    def resume_dir(self) -> Path | None:
-        return self.resume
-
-    def new_checkpoint_dir(self, epoch: int) -> Path:
-        path = self.root / f"epoch_{epoch:04d}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def report(self, metrics, checkpoint_dir) -> None:
-        self.reports.append(metrics)
-
-
 def od_spec(base: Path, **overrides):
-    return tiny_spec(
+    return make_tiny_spec(
         base,
         register_as=None,
         distill=OD,
@@ -64,9 +45,9 @@ def test_resumed_run_has_the_same_ema_as_an_uninterrupted_one(tmp_path):
     student = checkpoints.read_model_file(tmp_path / "clean" / "epoch_0002" / "model.pt")
     assert not all(torch.equal(v, student["state_dict"][k]) for k, v in ema_a["state_dict"].items())
     # the EMA's metrics and its instability are reported, and match after the resume
-    last = clean.reports[-1]
+    last = clean.history[-1]
     for key in ("val_ema/AP", "stability_ema/instability", "stability/teacher_agreement"):
-        assert key in last and last[key] == resumed.reports[-1][key]
+        assert key in last and last[key] == resumed.history[-1][key]
 
 
 def test_od_detr_run_tracks_both_models_and_exports_the_ema(tmp_path):

@@ -4,10 +4,12 @@ import itertools
 
 import pytest
 
-from orchestrator.launch.run import export_choice
-from orchestrator.spec.loader import SpecError, flatten_params, load_spec_dict
-from orchestrator.evaluation.stability import _compare, assignment_agreement
-from orchestrator.training.fit import od_detr_config
+from distill.config import ODDETRConfig
+from orchestrator.evaluation.stability import assignment_agreement, compare_assignments
+from orchestrator.launch.export import export_choice
+from orchestrator.spec.loader import load_spec_dict
+from orchestrator.spec.params import flatten_params
+from orchestrator.spec.problems import SpecError
 
 TEACHER = {
     "model": {"architecture": "dab_detr", "decoder_layers": 3},
@@ -29,14 +31,17 @@ def spec(distill, **extra):
 
 def test_od_detr_defaults_and_dotted_overrides():
     s = spec({"method": "od_detr"}, checkpoint={"export": "ema"})
-    config = od_detr_config(s.distill)
-    assert config.decay == 0.9997 and config.warmup and config.matching.quality_focal
+    config = s.distill  # the spec section is the config OD-DETR reads
+    assert isinstance(config, ODDETRConfig)
+    assert config.ema.decay == 0.9997 and config.ema.warmup
+    assert config.matching.classification == "quality_focal"
     assert (config.initial_query.cls, config.initial_query.bbox, config.initial_query.giou) == (
         1,
         5,
         2,
     )
-    assert config.aux.cls == 2 and config.aux_per_gt == 2 and not config.aux_pooled
+    groups = config.aux_groups
+    assert groups.cls == 2 and groups.queries_per_gt == 2 and groups.grouping == "per_stage"
     tuned = load_spec_dict(
         s.model_dump(mode="json"),
         source="test",
@@ -47,9 +52,9 @@ def test_od_detr_defaults_and_dotted_overrides():
             "distill.ema.decay=0.999",
         ],
     )
-    config = od_detr_config(tuned.distill)
-    assert config.aux.weight == 0.5 and not config.matching.quality_focal
-    assert config.initial_query.schedule.kind == "warmup" and config.decay == 0.999
+    config = tuned.distill
+    assert config.aux_groups.weight == 0.5 and config.matching.classification == "focal"
+    assert config.initial_query.schedule.kind == "warmup" and config.ema.decay == 0.999
     params = flatten_params(tuned)
     assert params["distill.aux_groups.weight"] == "0.5"
 
@@ -98,11 +103,11 @@ def test_instability_over_a_hand_made_sequence():
         {7: {0: 1, 1: 0, 5: 2}},  # GT 2 moved from slot 2 to slot 5: 2 slots, 1 GT
         {7: {0: 1, 1: 0}},  # GT 2 lost its slot: 1 slot, 1 GT
     ]
-    results = [_compare(a, b) for a, b in itertools.pairwise(epochs)]
+    results = [compare_assignments(a, b) for a, b in itertools.pairwise(epochs)]
     assert [r["instability"] for r in results] == [0, 2, 2, 1]
     assert [r["gt_flip_rate"] for r in results] == pytest.approx([0, 2 / 3, 1 / 3, 1 / 3])
     # averaged per image: a second, unchanged image halves the slot count
-    two = _compare({1: {0: 0}, 2: {0: 0}}, {1: {3: 0}, 2: {0: 0}})
+    two = compare_assignments({1: {0: 0}, 2: {0: 0}}, {1: {3: 0}, 2: {0: 0}})
     assert two["instability"] == 1.0 and two["gt_flip_rate"] == 0.5
 
 

@@ -9,67 +9,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator.training.checkpoints import read_model_file
 from orchestrator.cli.main import main
 from orchestrator.errors import UserInputError
-from orchestrator.training.model_source import load_model
 from orchestrator.launch.run import run_experiment
-from orchestrator.spec.loader import load_spec_dict, resolve_paths
+from orchestrator.training.checkpoints import read_model_file
+from orchestrator.training.model_source import load_model
 
 
-def tiny_spec(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides):
-    data = tiny_spec_dict(base, name, epochs, workers, register_as, **overrides)
-    return resolve_paths(load_spec_dict(data, source="test"), base)
-
-
-def tiny_spec_dict(base, name="tiny", epochs=2, workers=0, register_as="tiny-model", **overrides):
-    """The tiny DETR spec as a plain dict; `overrides` are dotted paths."""
-    data = {
-        "name": name,
-        "seed": 0,
-        "data": {
-            "source": {
-                "kind": "synthetic",
-                "train_images": 8,
-                "val_images": 4,
-                "image_size": 64,
-                "cache_dir": str(base / "cache"),
-            },
-            "train_scales": [64],
-            "max_size": 96,
-            "crop": False,
-            "eval_size": 64,
-            "batch_size": 4,
-            "num_workers": 0,
-        },
-        "student": {
-            "architecture": "detr",
-            "backbone": "tiny",
-            "tiny_width": 8,
-            "levels": ["C4"],
-            "hidden_dim": 32,
-            "num_heads": 4,
-            "encoder_layers": 1,
-            "decoder_layers": 2,
-            "ffn_dim": 64,
-            "num_queries": 8,
-            "dropout": 0.0,
-        },
-        "optim": {"lr": 1e-3, "schedule": "step", "step_epochs": [1]},
-        "train": {"epochs": epochs, "log_every": 1},
-        "scaling": {"num_workers": workers, "cpus_per_worker": 1},
-        "mlflow": {"register_as": register_as, "log_images": 2},
-    }
-    for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return data
-
-
-def test_local_mode_run_tracks_and_registers(tmp_path):
+def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     spec = tiny_spec(tmp_path)
     result = run_experiment(spec, storage_path=tmp_path / "runs")
     client = MlflowClient(spec.mlflow.tracking_uri)
@@ -118,7 +65,7 @@ def test_local_mode_run_tracks_and_registers(tmp_path):
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
 
 
-def test_model_sources_eval_predict_and_mismatch(tmp_path, capsys):
+def test_model_sources_eval_predict_and_mismatch(tmp_path, capsys, tiny_spec):
     spec = tiny_spec(tmp_path, epochs=1, register_as="teacher")
     result = run_experiment(spec, storage_path=tmp_path / "runs")
     uri = spec.mlflow.tracking_uri
@@ -134,7 +81,7 @@ def test_model_sources_eval_predict_and_mismatch(tmp_path, capsys):
             reference.state_dict().items(), model.state_dict().values(), strict=True
         ):
             assert torch.equal(a, b), (source, name)
-    wrong = spec.student.model_copy(update={"hidden_dim": 64}).to_model_config(3)
+    wrong = spec.student.model_copy(update={"hidden_dim": 64}).with_classes(3)
     with pytest.raises(
         UserInputError, match=r"do not fit the configured model; .*shape mismatch: "
     ):
@@ -176,7 +123,7 @@ def test_run_command_rejects_class_mismatch_before_starting(tmp_path, capsys, mo
 
 
 @pytest.mark.slow
-def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monkeypatch):
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monkeypatch, tiny_spec):
     # uninterrupted: one real Ray Train worker, two epochs
     clean = tiny_spec(tmp_path / "a", name="clean", workers=1, register_as=None)
     clean_result = run_experiment(clean, storage_path=tmp_path / "a" / "runs")

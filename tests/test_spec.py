@@ -13,15 +13,10 @@ import yaml
 
 from orchestrator.cli.main import main
 from orchestrator.cli.spec_commands import schema_json
-from orchestrator.spec.loader import (
-    MAX_PARAM_CHARS,
-    SpecError,
-    flatten_params,
-    load_spec,
-    load_spec_dict,
-    resolve_paths,
-    spec_to_yaml,
-)
+from orchestrator.spec.loader import load_spec, load_spec_dict
+from orchestrator.spec.params import MAX_PARAM_CHARS, flatten_params, spec_to_yaml
+from orchestrator.spec.paths import resolve_paths
+from orchestrator.spec.problems import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))

@@ -1,19 +1,20 @@
 import torch
 
-from detr_models.build import build_model, tiny_config
+from detr_models.build import build_model
+from detr_models.config import tiny_config
 from detr_models.matcher import HungarianMatcher
-from orchestrator.evaluation.stability import MatchingStability, _compare
+from orchestrator.evaluation.stability import MatchingStability, compare_assignments
 from tests.overfit import shapes_batch
 
 
 def test_compare_counts_changed_slots_and_flipped_boxes():
     before = {1: {0: 0, 3: 1}, 2: {5: 0}}
     after = {1: {0: 0, 4: 1}, 2: {5: 0}}
-    metrics = _compare(before, after)
+    metrics = compare_assignments(before, after)
     # image 1: slot 3 lost box 1 and slot 4 gained it (2 slots); image 2 unchanged
     assert metrics["instability"] == 1.0
     assert metrics["gt_flip_rate"] == 1 / 3
-    assert _compare(after, after) == {"instability": 0.0, "gt_flip_rate": 0.0}
+    assert compare_assignments(after, after) == {"instability": 0.0, "gt_flip_rate": 0.0}
 
 
 def test_measure_is_zero_for_an_unchanged_model_and_positive_after_a_change(tmp_path):

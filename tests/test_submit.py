@@ -15,9 +15,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli.main import main
 from orchestrator.cli.cluster_commands import server_command
-from tests.test_run import tiny_spec_dict
+from orchestrator.cli.main import main
+from tests.conftest import make_tiny_spec_dict
 
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-token-value-42"
@@ -25,7 +25,7 @@ SECRET = "s3cr3t-token-value-42"
 
 def tiny_yaml(path: Path, tracking_uri: str | None, epochs: int = 1) -> Path:
     """The tiny spec of test_run as a YAML file (data generated where the job runs)."""
-    spec = tiny_spec_dict(
+    spec = make_tiny_spec_dict(
         path.parent,
         name="remote-tiny",
         epochs=epochs,

@@ -3,10 +3,11 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.spec.search_space import apply, assign, lookup
-from orchestrator.spec.loader import SpecError, load_spec_dict
 from orchestrator.launch.sweep import format_results, run_sweep
-from tests.test_run import tiny_spec
+from orchestrator.spec.loader import load_spec_dict
+from orchestrator.spec.problems import SpecError
+from orchestrator.spec.search_space import apply, assign, lookup
+from tests.conftest import make_tiny_spec
 
 OD = {"method": "od_detr", "ema": {"decay": 0.9}}
 
@@ -133,7 +134,7 @@ def test_results_table_is_sorted_by_the_metric():
 
 
 def _sweep_spec(base, name, tune, **overrides):
-    spec = tiny_spec(
+    spec = make_tiny_spec(
         base,
         name=name,
         epochs=3,

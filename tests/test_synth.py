@@ -13,7 +13,13 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from orchestrator.data import synth
-from orchestrator.data.synth import CATEGORY_IDS, SHAPES, ensure_shapes, generate_shapes, split_paths
+from orchestrator.data.synth import (
+    CATEGORY_IDS,
+    SHAPES,
+    ensure_shapes,
+    generate_shapes,
+    split_paths,
+)
 
 SMALL = {"num_train": 6, "num_val": 3, "image_size": 64}
 

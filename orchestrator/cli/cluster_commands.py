@@ -8,10 +8,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from orchestrator.cli.spec_commands import add_override_option
+from orchestrator.cli.args import add_override_option
 
 
-def add_cluster_commands(commands) -> None:
+def add_cluster_commands(commands: argparse._SubParsersAction) -> None:
+    """Register submit/jobs/mlflow-server on the top-level subparsers."""
     submit = commands.add_parser(
         "submit",
         help="submit an experiment (or with --sweep its sweep) to a Ray cluster as a Ray Job",

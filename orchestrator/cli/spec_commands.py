@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from orchestrator.cli.args import add_override_option
+from orchestrator.errors import EXIT_BAD_INPUT
+from orchestrator.spec.loader import load_spec
+from orchestrator.spec.problems import SpecError
 from orchestrator.spec.sections import ExperimentSpec
-from orchestrator.spec.loader import SpecError, load_spec
-
-EXIT_BAD_INPUT = 2
 
 
 def add_spec_commands(commands: argparse._SubParsersAction) -> None:
@@ -33,19 +34,6 @@ def add_spec_commands(commands: argparse._SubParsersAction) -> None:
     )
     schema.add_argument("--out", type=Path, help="write to this file instead of printing")
     schema.set_defaults(handler=_run_schema)
-
-
-def add_override_option(parser: argparse.ArgumentParser) -> None:
-    """The repeatable `--set a.b.c=value` option (value read as YAML), for every spec command."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a spec field by its dotted path, e.g. --set optim.lr=1e-4 "
-        "--set train.loss.stage_weights.0=2 (repeatable; VALUE is read as YAML)",
-    )
 
 
 def schema_json() -> str:

@@ -8,6 +8,8 @@ which is far cheaper to learn here than after a training run.
 
 from __future__ import annotations
 
+import logging
+
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from orchestrator.data.dataset import CocoDetection
 from orchestrator.evaluation.drawing import denormalize_image, save_detections_png
 from orchestrator.evaluation.coco import CocoEvaluator
 from orchestrator.data.transforms import eval_transforms
+
+logger = logging.getLogger("detrdistill")
 
 
 @dataclass
@@ -97,9 +101,8 @@ def evaluate_ground_truth(
         now = time.monotonic()
         if now - last_print > 2.0 or index + 1 == len(dataset):
             last_print = now
-            print(
-                f"  checked {index + 1}/{len(dataset)} images ({time.monotonic() - start:.1f}s)",
-                file=sys.stderr,
+            logger.info(
+                f"  checked {index + 1}/{len(dataset)} images ({time.monotonic() - start:.1f}s)"
             )
     return evaluator.compute()
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.training.engine import unwrap
 from orchestrator.data.loader import Batch
+from orchestrator.training.engine import unwrap
 
 
 def _slots(out: Any, batch_index: int, query_index: torch.Tensor) -> list[int]:
@@ -70,7 +70,7 @@ class MatchingStability:
         model.train(was_training)
         metrics = {"cross_stage_consistency": same / total if total else 1.0}
         if self.previous is not None:
-            metrics.update(_compare(self.previous, current))
+            metrics.update(compare_assignments(self.previous, current))
         metrics = {self.prefix + k: v for k, v in metrics.items()}
         self.previous = current
         return metrics
@@ -82,7 +82,7 @@ class MatchingStability:
         self.previous = state.get("previous")
 
 
-def _compare(
+def compare_assignments(
     previous: dict[int, dict[int, int]], current: dict[int, dict[int, int]]
 ) -> dict[str, float]:
     changed_slots, images, flipped, gts = 0, 0, 0, 0

@@ -7,16 +7,16 @@ validation AP and AP50: teacher, then each student.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from orchestrator import tracking
+from orchestrator.data.build import data_paths
+from orchestrator.launch.inference import evaluate_model
+from orchestrator.launch.run import run_experiment
 from orchestrator.spec.sections import ExperimentSpec
 
-
-def _registered_version(uri: str, name: str) -> str | None:
-    from mlflow.tracking import MlflowClient
-
-    versions = MlflowClient(tracking_uri=uri).search_model_versions(f"name = '{name}'")
-    return max((v.version for v in versions), key=int) if versions else None
+logger = logging.getLogger("detrdistill")
 
 
 def format_table(rows: list[tuple[str, float | None, float | None]]) -> str:
@@ -35,22 +35,16 @@ def run_comparison(
     retrain_teacher: bool = False,
 ) -> list[tuple[str, float | None, float | None]]:
     """Teacher (trained or reused from the registry), then each student from scratch."""
-    from orchestrator import tracking
-    from orchestrator.launch.inference import evaluate_model
-    from orchestrator.launch.run import run_experiment
-
     uri = teacher.mlflow.tracking_uri
     name = teacher.mlflow.register_as
-    version = None if (retrain_teacher or not name) else _registered_version(uri, name)
+    version = None if (retrain_teacher or not name) else tracking.latest_version(uri, name)
     if version is None:
         run_experiment(teacher, restart=True, address=address, storage_path=storage)
-        version = _registered_version(uri, name) if name else None
+        version = tracking.latest_version(uri, name) if name else None
     else:
-        print(f"reusing the teacher models:/{name}/{version} from the registry", flush=True)
+        logger.info(f"reusing the teacher models:/{name}/{version} from the registry")
     rows: list[tuple[str, float | None, float | None]] = []
     if version is not None:
-        from orchestrator.data.build import data_paths
-
         images, annotations = data_paths(teacher.data)["val"]
         scores = evaluate_model(f"models:/{name}/{version}", images, annotations, uri, quiet=True)
         rows.append((f"teacher ({teacher.student.architecture})", scores["AP"], scores["AP50"]))
@@ -65,15 +59,15 @@ def run_comparison(
                 (f"{spec.name} (EMA)", result.metrics["val_ema/AP"], result.metrics["val_ema/AP50"])
             )
     table = format_table(rows)
-    print("\n" + table, flush=True)
+    logger.info("\n" + table)
     experiment = tracking.ensure_experiment(uri, "comparisons")
     run_id, _ = tracking.find_or_create_run(
         uri, experiment, f"compare-{teacher.name}", f"compare-{teacher.name}", {}
     )
-    logger = tracking.RunLogger(uri, run_id)
-    logger.text(table, "comparison.txt")
+    run_logger = tracking.RunLogger(uri, run_id)
+    run_logger.text(table, "comparison.txt")
     for label, ap, ap50 in rows:
         key = label.split(" ")[0] + ("-ema" if label.endswith("(EMA)") else "")
-        logger.metrics({f"{key}/AP": ap or 0.0, f"{key}/AP50": ap50 or 0.0}, step=0)
-    logger.finish()
+        run_logger.metrics({f"{key}/AP": ap or 0.0, f"{key}/AP50": ap50 or 0.0}, step=0)
+    run_logger.finish()
     return rows

@@ -1,15 +1,29 @@
-"""The exported student: the detector plus what inference needs (class names, ids, sizes).
-
-Its forward returns one tensor so that MLflow's pyfunc serving can handle it:
-`[B,Q,4+C]` = normalised cxcywh boxes followed by the class probabilities (sigmoid).
+"""Exporting a trained student: which model of a checkpoint (`export_choice`), the plain model
+file and the MLflow model (`export_checkpoint`), and `ExportedDetector`, the detector plus what
+inference needs (class names, ids, sizes). Its forward returns one tensor so that MLflow's
+pyfunc serving can handle it: `[B,Q,4+C]` = normalised cxcywh boxes followed by the class
+probabilities (sigmoid).
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from detr_models.config import model_config_from_dict
+from orchestrator import tracking
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.training import checkpoints
+from orchestrator.training.model_source import load_model
+
+logger = logging.getLogger("detrdistill")
 
 
 class ExportedDetector(nn.Module):
@@ -26,3 +40,73 @@ class ExportedDetector(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model(images)
         return torch.cat((out.boxes[-1], out.logits[-1].sigmoid()), dim=-1)
+
+
+def best_checkpoint(result: Any, metric: str, mode: str) -> Any:
+    """The best checkpoint of a Ray result by `metric` (the latest when none is scored)."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if scored:
+        pick = max if mode == "max" else min
+        return pick(scored, key=lambda cm: cm[1][metric])[0]
+    return result.checkpoint
+
+
+def export_checkpoint(
+    spec: ExperimentSpec, checkpoint: Any, run_logger: Any, uri: str, run_id: str
+) -> tuple[str | None, Path]:
+    """Log the run's curves, the chosen model of `checkpoint` (a Ray Checkpoint) as a plain
+    model file and as an MLflow model, registered under `mlflow.register_as`.
+    Returns (registered version or None, the local model file)."""
+    export_dir = Path(tempfile.mkdtemp(prefix="detrdistill-export-"))
+    with checkpoint.as_directory() as path:
+        state = checkpoints.load_training_state(path)
+        choice = export_choice(
+            spec.checkpoint.export,
+            state.get("last_eval", {}),
+            (Path(path) / checkpoints.EMA_MODEL_FILE).is_file(),
+        )
+        source = checkpoints.EMA_MODEL_FILE if choice == "ema" else checkpoints.MODEL_FILE
+        shutil.copy(Path(path) / source, export_dir / checkpoints.MODEL_FILE)
+    model_file = export_dir / checkpoints.MODEL_FILE
+    model, payload = load_model(str(model_file))
+    ap_key = "val_ema/AP" if choice == "ema" else "val/AP"
+    extra = dict(payload["extra"], val_AP=state.get("last_eval", {}).get(ap_key), exported=choice)
+    config = model_config_from_dict(payload["config"])
+    checkpoints.save_model_file(model_file, model, config, extra)
+    run_logger.params({"exported_model": choice})
+    logger.info(f"exporting the {choice} model of the chosen checkpoint")
+    figure = tracking.curves_figure(
+        {
+            k: v
+            for k, v in state["history"].items()
+            if k in ("train/loss", "val/AP", "val/AP50", "val_ema/AP", "val_ema/AP50")
+            or k.endswith("/instability")
+        }
+    )
+    if figure is not None:
+        run_logger.figure(figure, "curves.png")
+    run_logger.artifact(model_file, "model")
+    exported = ExportedDetector(model.eval(), extra).eval()
+    size = spec.data.eval_size
+    example = np.zeros((1, 3, size, size), dtype=np.float32)
+    description = (
+        f"{spec.student.architecture} trained by detrdistill run {spec.name} "
+        f"(epoch {extra.get('epoch')})"
+    )
+    version = tracking.log_model(
+        uri, run_id, exported, example, model_file, spec.mlflow.register_as, description
+    )
+    return version, model_file
+
+
+def export_choice(export: str, last_eval: dict[str, float], has_ema: bool) -> str:
+    """'student' or 'ema': what `checkpoint.export` picks from a checkpoint ('best' takes the
+    EMA model only when its val AP beats the student's)."""
+    if export == "ema" and not has_ema:
+        raise ValueError("checkpoint.export is 'ema' but the checkpoint holds no EMA model")
+    if export != "best" or not has_ema:
+        return "ema" if export == "ema" else "student"
+    student, ema = last_eval.get("val/AP"), last_eval.get("val_ema/AP")
+    if ema is not None and (student is None or ema > student):
+        return "ema"
+    return "student"

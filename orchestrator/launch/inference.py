@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from torchvision.ops import box_convert
 
 from detr_models.postprocess import PostProcess
 from orchestrator.data.dataset import CocoDetection
+from orchestrator.data.loader import build_loader
+from orchestrator.data.transforms import eval_transforms
+from orchestrator.evaluation.coco import CocoEvaluator, format_metrics_table
 from orchestrator.evaluation.drawing import save_detections_png
 from orchestrator.training.engine import evaluate
-from orchestrator.evaluation.coco import CocoEvaluator, format_metrics_table
-from orchestrator.data.loader import build_loader
 from orchestrator.training.model_source import load_model
-from orchestrator.data.transforms import eval_transforms
+
+logger = logging.getLogger("detrdistill")
 
 
 def evaluate_model(
@@ -43,15 +46,15 @@ def evaluate_model(
         ),
     )
     if "label_to_category" in extra and extra["label_to_category"] != dataset.label_to_category:
-        print(
-            f"warning: the model was trained on category ids {extra['label_to_category']}, "
+        logger.warning(
+            f"the model was trained on category ids {extra['label_to_category']}, "
             f"the dataset has {dataset.label_to_category}"
         )
     evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category)
     loader = build_loader(dataset, batch_size, train=False)
     metrics, _ = evaluate(model, loader, evaluator, torch.device("cpu"))
     if not quiet:
-        print(format_metrics_table(metrics, title=f"{source} on {annotations}"))
+        logger.info(format_metrics_table(metrics, title=f"{source} on {annotations}"))
     if results is not None:
         evaluator.write_results(results)
     return metrics

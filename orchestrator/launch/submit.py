@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,11 +26,14 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import UserInputError
+from orchestrator.spec.loader import load_spec
+from orchestrator.spec.params import spec_to_yaml
 from orchestrator.spec.sections import ExperimentSpec
-from orchestrator.spec.loader import load_spec, spec_to_yaml
+
+logger = logging.getLogger("detrdistill")
 
 PACKAGES = ("detr_models", "distill", "orchestrator")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def remote_tracking_uri(spec: ExperimentSpec, source: str) -> str:
@@ -156,10 +160,10 @@ def submit(
         metadata={"detrdistill": command, "spec": spec.name, "mlflow_experiment": experiment},
     )
     shutil.rmtree(folder, ignore_errors=True)
-    print(f"submitted job {job_id}")
-    print(f"  dashboard: {client.address}/#/jobs/{job_id}")
-    print(f"  MLflow:    experiment {experiment!r} at {uri}")
-    print(f"  follow:    detrdistill jobs logs {job_id} --follow --address {client.address}")
+    logger.info(f"submitted job {job_id}")
+    logger.info(f"  dashboard: {client.address}/#/jobs/{job_id}")
+    logger.info(f"  MLflow:    experiment {experiment!r} at {uri}")
+    logger.info(f"  follow:    detrdistill jobs logs {job_id} --follow --address {client.address}")
     if not wait:
         return 0
     return follow(client, job_id)
@@ -170,14 +174,14 @@ def follow(client: Client, job_id: str) -> int:
 
     async def stream() -> None:
         async for lines in client.jobs.tail_job_logs(job_id):
-            print(client.redact(lines), end="", flush=True)
+            logger.info((client.redact(lines)).rstrip("\n"))
 
     try:
         asyncio.run(stream())
     except Exception as err:  # the log stream may drop; the status still tells the outcome
-        print(f"(log stream ended: {client.redact(str(err))[:200]})")
+        logger.info(f"(log stream ended: {client.redact(str(err))[:200]})")
     status = _final_status(client, job_id)
-    print(f"job {job_id} {status}")
+    logger.info(f"job {job_id} {status}")
     return 0 if status == "SUCCEEDED" else 1
 
 
@@ -196,7 +200,7 @@ def jobs_command(args: Any) -> int:
     if args.action == "list":
         rows = client.call("list_jobs")
         width = max([len(j.submission_id or j.job_id or "-") for j in rows] + [6]) + 2
-        print(f"{'job id':<{width}}{'status':<11}{'started':<21}entrypoint")
+        logger.info(f"{'job id':<{width}}{'status':<11}{'started':<21}entrypoint")
         for job in sorted(rows, key=lambda j: j.start_time or 0):
             started = (
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
@@ -204,14 +208,14 @@ def jobs_command(args: Any) -> int:
                 else "-"
             )
             name = job.submission_id or job.job_id or "-"
-            print(f"{name:<{width}}{job.status.value:<11}{started:<21}{job.entrypoint[:60]}")
+            logger.info(f"{name:<{width}}{job.status.value:<11}{started:<21}{job.entrypoint[:60]}")
         return 0
     if not args.job_id:
         raise UserInputError(f"jobs {args.action}: give the job id (see `detrdistill jobs list`)")
     client.call("get_job_status", args.job_id)  # an unknown id is an error before anything else
     if args.action == "status":
         info = client.call("get_job_info", args.job_id)
-        print(
+        logger.info(
             json.dumps(
                 {
                     "job_id": args.job_id,
@@ -226,8 +230,8 @@ def jobs_command(args: Any) -> int:
     if args.action == "logs":
         if args.follow:
             return follow(client, args.job_id)
-        print(client.redact(client.call("get_job_logs", args.job_id)), end="")
+        logger.info((client.redact(client.call("get_job_logs", args.job_id))).rstrip("\n"))
         return 0
     stopped = client.call("stop_job", args.job_id)
-    print(f"job {args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    logger.info(f"job {args.job_id}: {'stop requested' if stopped else 'already finished'}")
     return 0

@@ -15,28 +15,29 @@ name>`, so the same command after an interruption continues the sweep.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.launch.run import (
-    ACTIVE_RUNS,
-    _artifact_root,
-    _best_checkpoint,
-    _export,
-    _init_ray,
-    build_trainer,
-    close_active_runs,
+from orchestrator import tracking
+from orchestrator.errors import UserInputError
+from orchestrator.launch.run import preflight
+from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
+from orchestrator.launch.sweep_results import format_results, results_rows
+from orchestrator.launch.trials import (
+    TRIAL_TAG,
+    export_stopped_trial,
+    pbt_trial,
+    train_in_tune_trial,
 )
-from orchestrator.launch.run import preflight as _preflight
-from orchestrator.spec.search_space import apply, mutation, to_tune
+from orchestrator.spec.params import flatten_params, spec_to_yaml
+from orchestrator.spec.search_space import mutation, to_tune
 from orchestrator.spec.sections import ExperimentSpec
-from orchestrator.spec.loader import flatten_params, load_spec_dict, spec_to_yaml
 
-TRIAL_TAG = "detrdistill.trial"
+logger = logging.getLogger("detrdistill")
 
 
 @dataclass
@@ -47,88 +48,6 @@ class SweepResult:
     best: dict[str, Any] | None
     registered_version: str | None
     table: str
-
-
-def trial_spec(base: dict, params: dict[str, Any], trial_name: str) -> ExperimentSpec:
-    """The spec of one trial: the base spec with the sampled values, validated again."""
-    data = apply(base, {k: v for k, v in params.items() if "." in k})
-    return load_spec_dict(data, source=f"trial {trial_name}")
-
-
-def _child_run(
-    context: dict, trial_id: str, trial_name: str, params: dict, spec: ExperimentSpec
-) -> str:
-    from orchestrator import tracking
-
-    uri = context["uri"]
-    tags = {
-        "mlflow.parentRunId": context["parent_run_id"],
-        TRIAL_TAG: trial_id,
-        "architecture": spec.student.architecture,
-        "method": spec.distill.method,
-    }
-    key = f"{context['sweep_key']}/{trial_id}"
-    run_id, resumed = tracking.find_or_create_run(
-        uri, context["experiment_id"], key, trial_name, tags
-    )
-    if not resumed:
-        logger = tracking.RunLogger(uri, run_id)
-        logger.text(spec_to_yaml(spec), "spec.yaml")
-        logger.params(flatten_params(spec))
-        logger.params({f"trial.{k}": json.dumps(v) for k, v in params.items()})
-    return run_id
-
-
-def train_in_tune_trial(config: dict, context: dict) -> None:
-    """A Tune function trial that fits a TorchTrainer and reports its metrics to Tune."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestrator import tracking
-
-    tune_context = ray.tune.get_context()
-    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
-    spec = trial_spec(context["base"], config, trial_name)
-    run_id = _child_run(context, trial_id, trial_name, config, spec)
-    storage = Path(context["storage"])
-    trainer = build_trainer(
-        spec,
-        f"{context['sweep_key']}-{trial_id}",
-        storage,
-        {"mlflow_run_id": run_id, "tracking_uri": context["uri"]},
-        callbacks=[TuneReportCallback()],
-    )
-    result = trainer.fit()
-    logger = tracking.RunLogger(context["uri"], run_id)
-    best = _best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
-    if best is not None:
-        _export(spec, best, logger, context["uri"], run_id, context["num_classes"])
-    logger.finish()
-
-
-def pbt_trial(config: dict, context: dict) -> None:
-    """A Tune function trial running the training loop itself, with Tune checkpoints (PBT)."""
-    import ray.tune
-
-    from orchestrator import tracking
-    from orchestrator.training.fit import RayTrainReporter, run_training
-
-    tune_context = ray.tune.get_context()
-    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
-    spec = trial_spec(context["base"], config, trial_name)
-    run_id = _child_run(context, trial_id, trial_name, config, spec)
-    scratch = Path(context["storage"]) / context["sweep_key"] / "scratch" / trial_id
-    reporter = RayTrainReporter(scratch, api=ray.tune, owner=trial_id)
-
-    def logger_factory() -> Any:
-        return tracking.RunLogger(context["uri"], run_id)
-
-    run_training(spec, reporter, logger_factory)
-    logger = logger_factory()
-    if reporter.last_checkpoint_dir is not None:
-        checkpoint = ray.tune.Checkpoint.from_directory(str(reporter.last_checkpoint_dir))
-        _export(spec, checkpoint, logger, context["uri"], run_id, context["num_classes"])
-    logger.finish()
 
 
 def _scheduler(spec: ExperimentSpec) -> Any:
@@ -160,8 +79,6 @@ def _searcher(spec: ExperimentSpec) -> Any:
     try:
         from ray.tune.search.optuna import OptunaSearch
     except ImportError as err:
-        from orchestrator.errors import UserInputError
-
         raise UserInputError(
             f"tune.searcher: optuna is not installed ({err}); pip install 'detrdistill[optuna]'"
         ) from None
@@ -197,18 +114,15 @@ def _concurrency(spec: ExperimentSpec, pbt: bool) -> int:
         )
     wanted = spec.tune.max_concurrent_trials
     if fits < 1:
-        from orchestrator.errors import UserInputError
-
         raise UserInputError(
             f"tune.resources: a trial needs {cpus:g} CPUs but the Ray cluster has "
             f"{total.get('CPU', 0):g}; lower num_workers or cpus_per_worker"
         )
     if fits < wanted:
-        print(
+        logger.info(
             f"running {fits} trial(s) at a time, not {wanted}: each needs {cpus:g} CPUs "
             f"and the cluster has {total.get('CPU', 0):g} (lower tune.resources.cpus_per_worker "
-            "to fit more)",
-            flush=True,
+            "to fit more)"
         )
     return min(fits, wanted)
 
@@ -243,20 +157,16 @@ def run_sweep(
     """Run the sweep of `spec.tune` (paths already resolved) and return its results."""
     from ray import tune
 
-    from orchestrator import tracking
-
     if spec.tune is None:
-        from orchestrator.errors import UserInputError
-
         raise UserInputError(f"{spec.name}: no 'tune' section; add one to sweep this experiment")
     started = time.monotonic()
     spec = _with_trial_resources(spec)
-    num_classes = _preflight(spec)
+    preflight(spec)
     pbt = spec.tune.scheduler.kind == "pbt"
     sweep_key = f"{spec.name}-sweep-{run_name}"
     storage = Path(storage_path).resolve()
     uri = spec.mlflow.tracking_uri
-    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment, _artifact_root(uri))
+    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
     restorable = tune.Tuner.can_restore(str(storage / sweep_key))
     if restart or not restorable:
         shutil.rmtree(storage / sweep_key, ignore_errors=True)
@@ -272,12 +182,11 @@ def run_sweep(
         parent.text(spec_to_yaml(spec), "sweep_spec.yaml")
         parent.text(json.dumps(spec.tune.model_dump(mode="json"), indent=2), "search_space.json")
         parent.params({k: v for k, v in flatten_params(spec).items() if k.startswith("tune.")})
-    print(
+    logger.info(
         f"{'resuming' if resumed else 'starting'} sweep {sweep_key} ({spec.tune.scheduler.kind}, "
-        f"{spec.tune.searcher} search; MLflow parent run {parent_id} in {uri})",
-        flush=True,
+        f"{spec.tune.searcher} search; MLflow parent run {parent_id} in {uri})"
     )
-    _init_ray(address)
+    init_ray(address)
     concurrent = _concurrency(spec, pbt)
     base = spec.model_dump(mode="json", exclude={"tune"})
     base["mlflow"]["register_as"] = None  # only the best trial is registered, by the driver
@@ -288,7 +197,6 @@ def run_sweep(
         "parent_run_id": parent_id,
         "sweep_key": sweep_key,
         "storage": str(storage),
-        "num_classes": num_classes,
     }
     function = pbt_trial if pbt else train_in_tune_trial
     if pbt:
@@ -300,7 +208,7 @@ def run_sweep(
         resources = {"CPU": TRIAL_CPU}  # the trial only drives its TorchTrainer's workers
     trainable = tune.with_resources(tune.with_parameters(function, context=context), resources)
     if restorable and not restart:
-        print(f"continuing the interrupted sweep in {storage / sweep_key}", flush=True)
+        logger.info(f"continuing the interrupted sweep in {storage / sweep_key}")
         tuner = tune.Tuner.restore(
             str(storage / sweep_key), trainable=trainable, resume_errored=True
         )
@@ -332,7 +240,7 @@ def run_sweep(
     if best is not None and spec.mlflow.register_as and best["trial_id"] in children:
         child = children[best["trial_id"]]
         if not tracking.has_model(uri, child):  # stopped early by the scheduler: export now
-            _export_stopped_trial(context, best, child)
+            export_stopped_trial(context, best, child)
         version = tracking.register_run_model(
             uri,
             child,
@@ -349,94 +257,7 @@ def run_sweep(
     parent.finish()
     ACTIVE_RUNS.remove(parent)
     minutes = (time.monotonic() - started) / 60
-    print(f"\nsweep {sweep_key} finished in {minutes:.1f} min\n{table}", flush=True)
+    logger.info(f"\nsweep {sweep_key} finished in {minutes:.1f} min\n{table}")
     if version is not None:
-        print(f"best trial registered as models:/{spec.mlflow.register_as}/{version}", flush=True)
+        logger.info(f"best trial registered as models:/{spec.mlflow.register_as}/{version}")
     return SweepResult(sweep_key, parent_id, rows, best, version, table)
-
-
-def _export_stopped_trial(context: dict, row: dict, run_id: str) -> None:
-    """Export a trial that the scheduler stopped before it could export itself, from the best
-    of its Ray Train checkpoints."""
-    import ray.train
-
-    from orchestrator.training import checkpoints
-    from orchestrator import tracking
-
-    spec = trial_spec(context["base"], row["params"], row["trial"])
-    folder = Path(context["storage"]) / f"{context['sweep_key']}-{row['trial_id']}"
-    scored = []
-    for path in folder.glob("checkpoint_*"):
-        if (path / checkpoints.STATE_FILE).is_file():
-            value = (
-                checkpoints.load_training_state(path)
-                .get("last_eval", {})
-                .get(spec.checkpoint.score_metric)
-            )
-            if value is not None:
-                scored.append((value, path))
-    if not scored:
-        return
-    pick = max if spec.checkpoint.score_mode == "max" else min
-    _, path = pick(scored, key=lambda item: item[0])
-    logger = tracking.RunLogger(context["uri"], run_id)
-    checkpoint = ray.train.Checkpoint.from_directory(str(path))
-    _export(spec, checkpoint, logger, context["uri"], run_id, context["num_classes"])
-
-
-def results_rows(grid: Any, metric: str, mode: str, epochs: int) -> list[dict[str, Any]]:
-    """One row per trial (params, last and best metric, epochs, status, PBT exploits), sorted
-    by the best metric."""
-    rows = []
-    for result in grid:
-        frame = result.metrics_dataframe
-        values: list[float] = []
-        exploits = 0
-        if frame is not None and metric in frame:
-            values = [
-                v for v in frame[metric].tolist() if isinstance(v, float) and math.isfinite(v)
-            ]
-        if frame is not None and "pbt/exploit" in frame:
-            exploits = int(frame["pbt/exploit"].fillna(0).sum())
-        metrics = result.metrics or {}
-        best = (max(values) if mode == "max" else min(values)) if values else None
-        rows.append(
-            {
-                "trial": metrics.get("trial_id") or (result.path or "").rsplit("/", 1)[-1],
-                "trial_id": metrics.get("trial_id"),
-                "params": {k: v for k, v in (result.config or {}).items() if "." in k},
-                "last": values[-1] if values else None,
-                "best": best,
-                "epochs": int(metrics.get("epoch", 0) or 0),
-                "status": "error"
-                if result.error
-                else "stopped early"
-                if int(metrics.get("epoch", 0) or 0) < epochs
-                else "done",
-                "exploits": exploits,
-            }
-        )
-    sign = -1 if mode == "max" else 1
-    # ties go to the trial that trained longest
-    rows.sort(key=lambda r: (r["best"] is None, sign * (r["best"] or 0.0), -r["epochs"]))
-    return rows
-
-
-def format_results(rows: list[dict[str, Any]], metric: str) -> str:
-    """A markdown table of the trials, best first."""
-    names = sorted({k for r in rows for k in r["params"]})
-    header = ["trial", *names, f"best {metric}", f"last {metric}", "epochs", "status", "exploits"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return json.dumps(value) if not isinstance(value, str) else value
-
-    for r in rows:
-        values = [r["trial"], *(r["params"].get(n) for n in names), r["best"], r["last"]]
-        values += [r["epochs"], r["status"], r["exploits"]]
-        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
-    return "\n".join(lines)

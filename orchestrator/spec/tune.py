@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from detr_models.config import StrictConfig
 
 NonNegFloat = Annotated[float, Field(ge=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -12,11 +14,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class Distribution(_Section):
+class Distribution(StrictConfig):
     """Exactly one of: `choice: [a, b, ...]` (sampled), `grid: [a, b, ...]` (every value),
     `uniform: [low, high]`, `loguniform: [low, high]` (low > 0), `randint: [low, high]`
     (integers, both ends included)."""
@@ -57,13 +55,13 @@ class Distribution(_Section):
         return list(self.values)
 
 
-class FifoScheduler(_Section):
+class FifoScheduler(StrictConfig):
     """Every trial runs to the end."""
 
     kind: Literal["fifo"] = "fifo"
 
 
-class AshaScheduler(_Section):
+class AshaScheduler(StrictConfig):
     """Asynchronous successive halving: trials below the top 1/reduction_factor at a rung
     (grace_period, grace_period * rf, ... epochs) stop."""
 
@@ -73,7 +71,7 @@ class AshaScheduler(_Section):
     max_epochs: PositiveInt | None = Field(None, description="default: train.epochs")
 
 
-class PbtScheduler(_Section):
+class PbtScheduler(StrictConfig):
     """Population based training: every `perturbation_interval` epochs the bottom
     `quantile_fraction` of trials copy a top trial's checkpoint and perturb its `mutations`."""
 
@@ -90,7 +88,7 @@ class PbtScheduler(_Section):
 Scheduler = Annotated[FifoScheduler | AshaScheduler | PbtScheduler, Field(discriminator="kind")]
 
 
-class TuneResources(_Section):
+class TuneResources(StrictConfig):
     """Per-trial resources; unset fields take the spec's `scaling` values."""
 
     num_workers: Annotated[int, Field(ge=1)] | None = None
@@ -98,7 +96,7 @@ class TuneResources(_Section):
     gpus_per_worker: NonNegFloat | None = Field(None, description="fractions share a GPU")
 
 
-class TuneSpec(_Section):
+class TuneSpec(StrictConfig):
     """A Ray Tune sweep: `detrdistill sweep FILE`. Search-space keys are dotted spec paths."""
 
     search_space: dict[str, Distribution] = Field(default_factory=dict)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detr_models.build import ModelConfig
+from detr_models.config import ModelConfig
 from orchestrator.errors import UserInputError
 
 MODEL_FORMAT = "detrdistill-model/1"
@@ -29,7 +29,7 @@ def save_model_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": MODEL_FORMAT,
-        "config": config.to_dict(),
+        "config": config.model_dump(mode="json"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }

@@ -1,72 +1,21 @@
-"""The training engine on plain PyTorch objects: no Ray, no MLflow, so tests and benchmarks
-call it directly and the Ray worker is a thin shell around it.
-
-A training objective is any callable `objective(model, batch, progress) -> (losses, diagnostics)`
-with an `after_step()` hook: plain detection training, DETRDistill and OD-DETR are objectives.
-"""
+"""The epoch engine on plain PyTorch objects: `train_one_epoch` and `evaluate`, no Ray, no
+MLflow, so tests and benchmarks call it directly. It speaks only the contracts below it: a
+`Batch` (detr_models) and a `TrainingObjective` with its `Progress` (distill)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from detr_models.criterion import SetCriterion, encoder_proposal_losses
+from detr_models.batch import Batch
 from detr_models.postprocess import PostProcess
+from distill.objective import Progress, TrainingObjective
 from orchestrator.evaluation.coco import CocoEvaluator
-from orchestrator.data.loader import Batch
-
-
-@dataclass
-class Progress:
-    """Where training is: objectives use it for loss schedules."""
-
-    epoch: int
-    iteration: int
-    iters_per_epoch: int
-    epochs: int
-
-    @property
-    def fraction(self) -> float:
-        """Share of training done, in [0, 1]."""
-        return (self.epoch * self.iters_per_epoch + self.iteration) / max(
-            1, self.epochs * self.iters_per_epoch
-        )
-
-
-class Objective(Protocol):
-    def __call__(
-        self, model: nn.Module, batch: Batch, progress: Progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]: ...
-
-    def after_step(self) -> None: ...
-
-
-class DetectionObjective:
-    """Plain set-prediction training of the model against ground truth (`distill: none`).
-
-    Two-stage models also train their encoder proposals (`enc_` losses), as Deformable DETR does.
-    """
-
-    def __init__(self, criterion: SetCriterion) -> None:
-        self.criterion = criterion
-
-    def __call__(
-        self, model: nn.Module, batch: Batch, progress: Progress
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        out = model(batch.images, batch.pixel_mask)
-        losses, _ = self.criterion(out, batch.targets)
-        losses.update(encoder_proposal_losses(self.criterion, out, batch.targets))
-        return losses, {}
-
-    def after_step(self) -> None:
-        pass
 
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
@@ -77,10 +26,10 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return not bool(bad)
 
 
-def _sync_objective_gradients(objective: Any) -> None:
+def _sync_objective_gradients(objective: TrainingObjective) -> None:
     """Average the gradients of an objective's own parameters (distillation adapters) over
     workers: they live outside the DDP-wrapped student, so DDP does not do it."""
-    if not (isinstance(objective, nn.Module) and dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()):
         return
     world = dist.get_world_size()
     for param in objective.parameters():
@@ -96,7 +45,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def train_one_epoch(
     model: nn.Module,
-    objective: Objective,
+    objective: TrainingObjective,
     loader: torch.utils.data.DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
@@ -223,72 +172,3 @@ def _sample(
         "prediction": {k: v.cpu() for k, v in pred.items()},
         "target": {k: v.cpu() if torch.is_tensor(v) else v for k, v in target.items()},
     }
-
-
-def backbone_parameter(name: str) -> bool:
-    return name.startswith("backbone.")
-
-
-def offset_parameter(name: str) -> bool:
-    """Deformable DETR trains sampling offsets and reference heads at a reduced rate."""
-    # the plain Deformable decoder's linear reference head, not the MLPs of anchor decoders
-    return "sampling_offsets" in name or name in (
-        "decoder.reference_head.weight",
-        "decoder.reference_head.bias",
-    )
-
-
-def build_optimizer(
-    model: nn.Module,
-    lr: float,
-    backbone_lr_mult: float,
-    weight_decay: float,
-    offset_lr_mult: float = 1.0,
-    extra_modules: list[nn.Module] | None = None,
-) -> torch.optim.AdamW:
-    """AdamW with the backbone at `lr * backbone_lr_mult` and deformable sampling offsets at
-    `lr * offset_lr_mult` (frozen parameters left out; a multiplier of 0 freezes the group).
-    `extra_modules` (e.g. distillation adapters) train at the base rate."""
-    groups: dict[str, list[nn.Parameter]] = {"base": [], "backbone": [], "offsets": []}
-    for name, param in unwrap(model).named_parameters():
-        if not param.requires_grad:
-            continue
-        key = (
-            "backbone"
-            if backbone_parameter(name)
-            else "offsets"
-            if offset_parameter(name)
-            else "base"
-        )
-        groups[key].append(param)
-    for module in extra_modules or []:
-        groups["base"] += [p for p in module.parameters() if p.requires_grad]
-    param_groups = [{"params": groups["base"], "lr": lr, "name": "base"}]
-    for key, mult in (("backbone", backbone_lr_mult), ("offsets", offset_lr_mult)):
-        if groups[key] and mult > 0:
-            param_groups.append({"params": groups[key], "lr": lr * mult, "name": key})
-    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    schedule: str,
-    iters_per_epoch: int,
-    epochs: int,
-    warmup_iters: int = 0,
-    step_epochs: list[int] | None = None,
-    gamma: float = 0.1,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration multiplier: linear warm-up, then constant, step (at epochs) or cosine."""
-    total = max(1, iters_per_epoch * epochs)
-    steps = [e * iters_per_epoch for e in step_epochs or []]
-
-    def factor(it: int) -> float:
-        warm = min(1.0, (it + 1) / warmup_iters) if warmup_iters else 1.0
-        if schedule == "step":
-            return warm * gamma ** sum(it >= s for s in steps)
-        if schedule == "cosine":
-            return warm * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
-        return warm
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -4,20 +4,22 @@ with `torch.load(weights_only=True)`; no pickled code is ever executed to load w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from torch import nn
 
-from detr_models.build import ModelConfig, build_model
-from orchestrator.training.checkpoints import MODEL_FILE, load_weights, read_model_file
+from detr_models.build import build_model
+from detr_models.config import ModelConfig, model_config_from_dict
 from orchestrator.errors import UserInputError
+from orchestrator.spec.paths import default_tracking_uri
+from orchestrator.training.checkpoints import MODEL_FILE, load_weights, read_model_file
 
-URI_PREFIXES = ("models:/", "runs:/")
+MLFLOW_PREFIXES = ("models:/", "runs:/")
 
 
-def is_uri(source: str) -> bool:
-    return source.startswith(URI_PREFIXES)
+def is_mlflow_uri(source: str) -> bool:
+    """True for the MLflow model sources (`models:/...`, `runs:/...`), False for files."""
+    return source.startswith(MLFLOW_PREFIXES)
 
 
 def check_source_syntax(source: str) -> str | None:
@@ -39,18 +41,14 @@ def check_source_syntax(source: str) -> str | None:
     return None
 
 
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 def resolve_model_file(source: str, tracking_uri: str | None = None) -> Path:
     """A local plain model file for `source` (downloading from MLflow when it is a URI)."""
     problem = check_source_syntax(source)
     if problem:
         raise UserInputError(problem)
-    if not is_uri(source):
+    if not is_mlflow_uri(source):
         return Path(source)
-    from orchestrator.tracking import download
+    from orchestrator.tracking import download  # mlflow is slow to import: only when needed
 
     try:
         local = download(tracking_uri or default_tracking_uri(), source)
@@ -76,7 +74,7 @@ def load_model(
     if config is None:
         if payload["config"] is None:
             raise UserInputError(f"{source}: a bare state dict carries no model config; give one")
-        config = ModelConfig.from_dict(payload["config"])
+        config = model_config_from_dict(payload["config"])
     model = build_model(config)
     load_weights(model, payload["state_dict"], source)
     return model, payload

@@ -1,0 +1,211 @@
+"""Model configs: one pydantic class per architecture, the single definition of every model
+hyperparameter. The experiment spec uses these classes as its `student` / `teacher.model`
+sections, and model files store their `model_dump()`; facts derived from a config (feature
+strides, query kind) are properties here, so nothing else decides them again."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from detr_models.backbone import STRIDES
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Level = Literal["C2", "C3", "C4", "C5"]
+
+
+class StrictConfig(BaseModel):
+    """Base of every config and spec section: unknown keys are errors, assignments validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictConfig):
+    """Hyperparameters shared by the DETR-family architectures. Defaults are the papers' R-50
+    settings; each architecture's class adds or changes its own."""
+
+    architecture: str
+    num_classes: PositiveInt | None = Field(
+        None, description="number of real classes; omitted = taken from the dataset"
+    )
+    backbone: Literal["tiny", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    backbone_weights: str | None = Field(None, description="local torchvision ResNet state dict")
+    frozen_stages: Annotated[int, Field(ge=-1, le=4)] = 1
+    tiny_width: PositiveInt = 32
+    levels: list[Level] = Field(default_factory=lambda: ["C5"], min_length=1)
+    hidden_dim: PositiveInt = 256
+    num_heads: PositiveInt = 8
+    encoder_layers: NonNegInt = 6
+    decoder_layers: PositiveInt = 6
+    ffn_dim: PositiveInt = 2048
+    num_queries: PositiveInt = 100
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _check_widths(self) -> ModelConfig:
+        if self.hidden_dim % self.num_heads or self.hidden_dim % 4:
+            raise ValueError(
+                f"hidden_dim {self.hidden_dim} must be divisible by num_heads {self.num_heads} and by 4"
+            )
+        return self
+
+    @property
+    def query_kind(self) -> str:
+        """'anchor' when queries carry anchor boxes (cxcywh), else 'position' (embeddings)."""
+        return "position"
+
+    @property
+    def feature_strides(self) -> list[int]:
+        """Stride of every encoder input level, finest first."""
+        return [STRIDES[level] for level in sorted(self.levels, key=list(STRIDES).index)]
+
+    def with_classes(self, num_classes: int) -> ModelConfig:
+        """This config with `num_classes` filled in from the dataset when the spec omitted it."""
+        if self.num_classes is not None:
+            return self
+        return self.model_copy(update={"num_classes": num_classes})
+
+
+class DetrConfig(ModelConfig):
+    """DETR: learned positional queries, absolute boxes."""
+
+    architecture: Literal["detr"] = "detr"
+
+
+class ConditionalDetrConfig(ModelConfig):
+    """Conditional DETR: reference points and conditional spatial queries."""
+
+    architecture: Literal["conditional_detr"] = "conditional_detr"
+    num_queries: PositiveInt = 300
+
+
+class DabDetrConfig(ModelConfig):
+    """DAB-DETR: anchor-box queries refined stage by stage."""
+
+    architecture: Literal["dab_detr"] = "dab_detr"
+    num_queries: PositiveInt = 300
+
+    @property
+    def query_kind(self) -> str:
+        return "anchor"
+
+
+class DeformableDetrConfig(ModelConfig):
+    """Deformable DETR; `box_refine`, `two_stage` and `anchor_queries` (DAB-Deformable) are its
+    variants. `num_feature_levels` counts the backbone levels plus extra stride-2 levels."""
+
+    architecture: Literal["deformable_detr"] = "deformable_detr"
+    levels: list[Level] = Field(default_factory=lambda: ["C3", "C4", "C5"], min_length=1)
+    num_queries: PositiveInt = 300
+    ffn_dim: PositiveInt = 1024
+    num_feature_levels: PositiveInt = 4
+    num_points: PositiveInt = 4
+    box_refine: bool = False
+    two_stage: bool = False
+    anchor_queries: bool = False
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> DeformableDetrConfig:
+        if self.num_feature_levels < len(self.levels):
+            raise ValueError(
+                f"num_feature_levels {self.num_feature_levels} is less than the "
+                f"{len(self.levels)} backbone levels {self.levels}"
+            )
+        return self
+
+    @property
+    def query_kind(self) -> str:
+        return "anchor" if self.two_stage or self.anchor_queries else "position"
+
+    @property
+    def feature_strides(self) -> list[int]:
+        """Backbone strides, then each extra level doubles the last."""
+        strides = super().feature_strides
+        extra = self.num_feature_levels - len(strides)
+        return strides + [strides[-1] * 2 ** (i + 1) for i in range(extra)]
+
+
+ARCHITECTURES: dict[str, type[ModelConfig]] = {
+    "detr": DetrConfig,
+    "conditional_detr": ConditionalDetrConfig,
+    "dab_detr": DabDetrConfig,
+    "deformable_detr": DeformableDetrConfig,
+}
+
+AnyModelConfig = Annotated[
+    DetrConfig | ConditionalDetrConfig | DabDetrConfig | DeformableDetrConfig,
+    Field(discriminator="architecture"),
+]
+_ANY = TypeAdapter(AnyModelConfig)
+
+# fields every architecture's file carried before configs were split by architecture
+_LEGACY_DEFORMABLE = {
+    "num_feature_levels",
+    "num_points",
+    "box_refine",
+    "two_stage",
+    "anchor_queries",
+}
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    """The config of `data["architecture"]`, validated. Raises ValueError naming an unknown
+    architecture or unknown fields."""
+    data = dict(data)
+    name = data.get("architecture", "detr")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    cls = ARCHITECTURES[name]
+    if name != "deformable_detr":  # model files written before the split carry these, unused
+        for key in _LEGACY_DEFORMABLE & set(data):
+            data.pop(key)
+    unknown = sorted(set(data) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(
+            f"unknown model config field(s) {unknown}; known: {sorted(cls.model_fields)}"
+        )
+    return _ANY.validate_python({**data, "architecture": name})
+
+
+def tiny_config(architecture: str = "detr", num_classes: int = 3, **overrides: Any) -> ModelConfig:
+    """A few-hundred-thousand-parameter model for tests and CPU demos."""
+    tiny = {
+        "architecture": architecture,
+        "num_classes": num_classes,
+        "backbone": "tiny",
+        "tiny_width": 16,
+        "hidden_dim": 64,
+        "num_heads": 4,
+        "encoder_layers": 1,
+        "decoder_layers": 2,
+        "ffn_dim": 128,
+        "num_queries": 16,
+        "dropout": 0.0,
+    }
+    return model_config_from_dict({**tiny, **overrides})
+
+
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class MatcherConfig(StrictConfig):
+    """Hungarian matching costs (the keyword arguments of `HungarianMatcher`)."""
+
+    cost_class: NonNegFloat = 2.0
+    cost_bbox: NonNegFloat = 5.0
+    cost_giou: NonNegFloat = 2.0
+
+
+class LossConfig(StrictConfig):
+    """Detection loss weights of `SetCriterion`: focal class, L1 and GIoU box terms, and an
+    optional weight per decoder stage."""
+
+    cls: NonNegFloat = 2.0
+    bbox: NonNegFloat = 5.0
+    giou: NonNegFloat = 2.0
+    stage_weights: list[NonNegFloat] | None = Field(
+        None, description="one weight per decoder stage"
+    )

@@ -1,0 +1,73 @@
+"""`detrdistill eval` and `predict`: a trained model (any model source) on data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from orchestrator.errors import UserInputError
+
+
+def add_model_commands(commands: argparse._SubParsersAction) -> None:
+    """Register eval/predict on the top-level subparsers."""
+    evaluate = commands.add_parser("eval", help="COCO-evaluate a trained model on a dataset")
+    _add_model_args(evaluate)
+    evaluate.add_argument("--data", type=Path, help="dataset root written by 'data synth'")
+    evaluate.add_argument("--split", default="val", choices=("train", "val"))
+    evaluate.add_argument("--images", type=Path, help="image folder (instead of --data)")
+    evaluate.add_argument("--annotations", type=Path, help="annotation json (instead of --data)")
+    evaluate.add_argument("--batch-size", type=int, default=4)
+    evaluate.add_argument("--results", type=Path, help="write COCO results json here")
+    evaluate.set_defaults(handler=_eval)
+
+    predict = commands.add_parser("predict", help="draw a model's detections on images")
+    _add_model_args(predict)
+    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing")
+    predict.set_defaults(handler=_predict)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="models:/<name>/<version>, models:/<name>@<alias>, runs:/<id>/<path> or a file",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
+    )
+    parser.add_argument("--size", type=int, help="eval resize (default: the model's own)")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from orchestrator.launch.inference import evaluate_model
+
+    if args.data is not None:
+        from orchestrator.data.synth import split_paths
+
+        images, annotations = split_paths(args.data, args.split)
+    elif args.images and args.annotations:
+        images, annotations = args.images, args.annotations
+    else:
+        raise UserInputError("eval: give --data ROOT, or both --images and --annotations")
+    metrics = evaluate_model(
+        args.model, images, annotations, args.tracking_uri, args.size, args.batch_size, args.results
+    )
+    print(json.dumps(metrics))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from orchestrator.launch.inference import predict_images
+
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise UserInputError(f"predict: image file(s) not found: {', '.join(missing)}")
+    written = predict_images(
+        args.model, args.images, args.out, args.tracking_uri, args.size, args.threshold
+    )
+    print(f"wrote {len(written)} image(s) and predictions.json to {args.out}")
+    return 0

@@ -1,0 +1,144 @@
+"""The composition root of a run: from a spec to the datasets, loaders, student, teacher,
+objective, optimiser, scheduler and stability probes the fit loop drives."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from detr_models.batch import Batch
+from detr_models.build import build_model
+from detr_models.config import ModelConfig
+from detr_models.criterion import build_criterion
+from detr_models.matcher import HungarianMatcher
+from distill.methods import Student, Teacher, build_objective
+from distill.objective import TrainingObjective
+from orchestrator.data.build import build_datasets, data_paths
+from orchestrator.data.dataset import CocoDetection
+from orchestrator.data.loader import build_loader, collate_detection
+from orchestrator.data.transforms import eval_transforms
+from orchestrator.evaluation.coco import CocoEvaluator
+from orchestrator.evaluation.stability import MatchingStability
+from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.training.model_source import load_model
+from orchestrator.training.optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger("detrdistill")
+
+
+@dataclass
+class TrainingSetup:
+    """Everything one worker trains with (the model is bare: the fit loop wraps it in DDP)."""
+
+    spec: ExperimentSpec
+    device: torch.device
+    rank: int
+    train_set: CocoDetection
+    val_set: CocoDetection
+    loader: DataLoader
+    val_loader: DataLoader
+    iters_per_epoch: int
+    model_config: ModelConfig
+    model: nn.Module
+    objective: TrainingObjective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    evaluator: CocoEvaluator
+    probe_matcher: HungarianMatcher
+    stability: MatchingStability | None  # rank 0 only, when the probe is on
+    ema_stability: MatchingStability | None
+
+
+def assemble(spec: ExperimentSpec, device: torch.device, rank: int = 0) -> TrainingSetup:
+    """Build a run's parts on `device` (seeded by the spec)."""
+    torch.manual_seed(spec.seed)
+    train_set, val_set = build_datasets(spec.data)
+    num_classes = train_set.num_classes
+    model_config = spec.student.with_classes(num_classes)
+    model = build_model(model_config).to(device)
+    criterion = build_criterion(num_classes, spec.train.matcher, spec.train.loss)
+    objective = build_objective(
+        spec.distill,
+        criterion,
+        Student(model, model_config),
+        load_teacher(spec, num_classes, device),
+    )
+    data = spec.data
+    loader = build_loader(train_set, data.batch_size, True, data.num_workers, spec.seed)
+    val_loader = build_loader(
+        val_set, data.eval_batch_size or data.batch_size, False, data.num_workers
+    )
+    iters = len(loader)
+    if spec.train.max_iters_per_epoch is not None:
+        iters = min(iters, spec.train.max_iters_per_epoch)
+    optim = spec.optim
+    optimizer = build_optimizer(
+        model,
+        optim.lr,
+        optim.backbone_lr_mult,
+        optim.weight_decay,
+        optim.offset_lr_mult,
+        [objective],
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        optim.schedule,
+        iters,
+        spec.train.epochs,
+        optim.warmup_iters,
+        optim.step_epochs,
+        optim.gamma,
+    )
+    probe = stability_probe(spec) if rank == 0 else []
+    stability = MatchingStability(probe, "stability/") if probe else None
+    has_ema = probe and objective.ema_model is not None
+    return TrainingSetup(
+        spec=spec,
+        device=device,
+        rank=rank,
+        train_set=train_set,
+        val_set=val_set,
+        loader=loader,
+        val_loader=val_loader,
+        iters_per_epoch=iters,
+        model_config=model_config,
+        model=model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        evaluator=CocoEvaluator(val_set.coco, val_set.label_to_category),
+        probe_matcher=HungarianMatcher(**spec.train.matcher.model_dump()),
+        stability=stability,
+        ema_stability=MatchingStability(probe, "stability_ema/") if has_ema else None,
+    )
+
+
+def load_teacher(spec: ExperimentSpec, num_classes: int, device: torch.device) -> Teacher | None:
+    """The spec's frozen teacher on `device`, or None when the method needs none."""
+    if spec.teacher is None or not spec.distill.needs_teacher:
+        return None
+    config = spec.teacher.model.with_classes(num_classes)
+    model, _ = load_model(spec.teacher.weights, config, spec.mlflow.tracking_uri)
+    return Teacher(model.to(device), config)
+
+
+def stability_probe(spec: ExperimentSpec) -> list[Batch]:
+    """The first training images, with the deterministic eval transform, in fixed batches
+    (none when the probe is off)."""
+    count = spec.train.stability_probe_images
+    if count == 0:
+        return []
+    images, annotations = data_paths(spec.data)["train"]
+    probe = CocoDetection(
+        images, annotations, eval_transforms(spec.data.eval_size, spec.data.max_size)
+    )
+    size = spec.data.eval_batch_size or spec.data.batch_size
+    indices = list(range(min(count, len(probe))))
+    return [
+        collate_detection([probe[i] for i in indices[s : s + size]])
+        for s in range(0, len(indices), size)
+    ]
