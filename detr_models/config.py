@@ -25,9 +25,9 @@ class StrictConfig(BaseModel):
 
 class ModelConfig(StrictConfig):
     """Hyperparameters shared by the DETR-family architectures. Defaults are the papers' R-50
-    settings; each architecture's class adds or changes its own."""
+    settings; each architecture's class adds or changes its own, and declares `architecture`
+    (the tag of the union, last in the field order that messages list)."""
 
-    architecture: str
     num_classes: PositiveInt | None = Field(
         None, description="number of real classes; omitted = taken from the dataset"
     )

@@ -162,3 +162,28 @@ def test_backbone_weights_file(tmp_path):
         build_model({**config.model_dump(), "backbone_weights": str(tmp_path / "bad.pth")})
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         build_model({**config.model_dump(), "backbone_weights": str(tmp_path / "missing.pth")})
+
+
+def test_every_architecture_has_a_config_and_a_builder():
+    from detr_models.build import BUILDERS
+    from detr_models.config import ARCHITECTURES
+
+    assert set(BUILDERS) == set(ARCHITECTURES)
+    for name, cls in ARCHITECTURES.items():
+        assert cls().architecture == name
+
+
+def test_config_facts_and_model_files_written_before_the_split():
+    from detr_models.config import DeformableDetrConfig, model_config_from_dict
+
+    two_stage = tiny_config("deformable_detr", levels=["C4", "C5"], two_stage=True)
+    assert two_stage.query_kind == "anchor" and two_stage.feature_strides == [16, 32, 64, 128]
+    assert tiny_config("dab_detr").query_kind == "anchor"
+    assert tiny_config("conditional_detr", levels=["C5", "C3"]).feature_strides == [8, 32]
+    # older files stored every Deformable field for every architecture: still loadable
+    old = {**tiny_config("detr").model_dump(), "num_points": 4, "box_refine": False}
+    assert model_config_from_dict(old) == tiny_config("detr")
+    with pytest.raises(ValueError, match="num_feature_levels 2 is less than the 3"):
+        DeformableDetrConfig(num_feature_levels=2)
+    with pytest.raises(ValueError, match="num_classes is unknown"):
+        build_model(DeformableDetrConfig())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from orchestrator.errors import UserInputError
 
 
 def positive(text: str) -> int:
@@ -32,3 +35,21 @@ def add_override_option(parser: argparse.ArgumentParser, what: str = "a spec fie
         help=f"override {what} by its dotted path, e.g. --set optim.lr=1e-4 "
         "--set train.loss.stage_weights.0=2 (repeatable; VALUE is read as YAML)",
     )
+
+
+def dataset_paths(
+    command: str, root: Path | None, split: str, images: Path | None, annotations: Path | None
+) -> tuple[Path, Path]:
+    """(image folder, annotation json) from a dataset root written by `data synth` (`command`
+    names it: "data check ROOT", "eval --data ROOT"), or from explicit --images/--annotations;
+    exactly one of the two ways."""
+    from orchestrator.data.synth import split_paths
+
+    name, _, root_arg = command.rpartition(" ")
+    if root is not None and (images or annotations):
+        raise UserInputError(f"{name}: give either {root_arg} or --images/--annotations, not both")
+    if root is not None:
+        return split_paths(root, split)
+    if images and annotations:
+        return images, annotations
+    raise UserInputError(f"{name}: give a dataset {root_arg}, or both --images and --annotations")

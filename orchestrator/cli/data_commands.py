@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.cli.args import non_negative, positive
+from orchestrator.cli.args import dataset_paths, non_negative, positive
 from orchestrator.errors import UserInputError
 
 
@@ -64,17 +64,11 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _run_check(args: argparse.Namespace) -> int:
     from orchestrator.data.check import evaluate_ground_truth, open_for_check, summarize
-    from orchestrator.data.synth import split_paths
     from orchestrator.evaluation.coco import format_metrics_table
 
-    if args.root is not None and (args.images or args.annotations):
-        raise UserInputError("data check: give either ROOT or --images/--annotations, not both")
-    if args.root is not None:
-        images, annotations = split_paths(args.root, args.split)
-    elif args.images and args.annotations:
-        images, annotations = args.images, args.annotations
-    else:
-        raise UserInputError("data check: give a dataset ROOT, or both --images and --annotations")
+    images, annotations = dataset_paths(
+        "data check ROOT", args.root, args.split, args.images, args.annotations
+    )
     dataset = open_for_check(images, annotations, args.size, args.max_size)
     print(f"dataset {annotations} ({images})")
     summary = summarize(dataset)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from orchestrator.cli.args import dataset_paths
 from orchestrator.errors import UserInputError
 
 
@@ -45,14 +46,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from orchestrator.launch.inference import evaluate_model
 
-    if args.data is not None:
-        from orchestrator.data.synth import split_paths
-
-        images, annotations = split_paths(args.data, args.split)
-    elif args.images and args.annotations:
-        images, annotations = args.images, args.annotations
-    else:
-        raise UserInputError("eval: give --data ROOT, or both --images and --annotations")
+    images, annotations = dataset_paths(
+        "eval --data ROOT", args.data, args.split, args.images, args.annotations
+    )
     metrics = evaluate_model(
         args.model, images, annotations, args.tracking_uri, args.size, args.batch_size, args.results
     )

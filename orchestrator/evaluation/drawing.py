@@ -176,14 +176,7 @@ def save_detections_png(
 ) -> Path:
     """draw_detections, then write the result as a PNG, creating parent folders."""
     drawn = draw_detections(
-        image,
-        boxes,
-        labels,
-        scores=scores,
-        class_names=class_names,
-        gt_boxes=gt_boxes,
-        gt_labels=gt_labels,
-        score_threshold=score_threshold,
+        image, boxes, labels, scores, class_names, gt_boxes, gt_labels, score_threshold
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,8 @@ from orchestrator.launch.trials import (
     pbt_trial,
     train_in_tune_trial,
 )
+from orchestrator.launch.tune_objects import param_space, tune_scheduler, tune_searcher
 from orchestrator.spec.params import flatten_params, spec_to_yaml
-from orchestrator.spec.search_space import mutation, to_tune
 from orchestrator.spec.sections import ExperimentSpec
 
 logger = logging.getLogger("detrdistill")
@@ -48,51 +48,6 @@ class SweepResult:
     best: dict[str, Any] | None
     registered_version: str | None
     table: str
-
-
-def _scheduler(spec: ExperimentSpec) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-
-    s = spec.tune.scheduler
-    if s.kind == "asha":
-        return ASHAScheduler(
-            time_attr="epoch",
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-            max_t=s.max_epochs or spec.train.epochs,
-        )
-    if s.kind == "pbt":
-        return PopulationBasedTraining(
-            time_attr="epoch",
-            perturbation_interval=s.perturbation_interval,
-            hyperparam_mutations={k: mutation(d) for k, d in s.mutations.items()},
-            quantile_fraction=s.quantile_fraction,
-            resample_probability=s.resample_probability,
-            synch=s.synch,
-        )
-    return FIFOScheduler()
-
-
-def _searcher(spec: ExperimentSpec) -> Any:
-    if spec.tune.searcher != "optuna":
-        return None
-    try:
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError as err:
-        raise UserInputError(
-            f"tune.searcher: optuna is not installed ({err}); pip install 'detrdistill[optuna]'"
-        ) from None
-    return OptunaSearch()
-
-
-def _param_space(spec: ExperimentSpec) -> dict[str, Any]:
-    tune_spec = spec.tune
-    space = {k: to_tune(d, tune_spec.searcher) for k, d in tune_spec.search_space.items()}
-    if tune_spec.scheduler.kind == "pbt":
-        # PBT starts every trial from a sample of each mutated path
-        for key, distribution in tune_spec.scheduler.mutations.items():
-            space.setdefault(key, to_tune(distribution, "random"))
-    return space
 
 
 TRIAL_CPU = 0.01  # what a Train-in-Tune trial itself reserves (Tune rejects 0)
@@ -215,14 +170,14 @@ def run_sweep(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=_param_space(spec),
+            param_space=param_space(spec),
             tune_config=tune.TuneConfig(
                 metric=spec.tune.metric,
                 mode=spec.tune.mode,
                 num_samples=spec.tune.num_samples,
                 max_concurrent_trials=concurrent,
-                scheduler=_scheduler(spec),
-                search_alg=_searcher(spec),
+                scheduler=tune_scheduler(spec),
+                search_alg=tune_searcher(spec),
             ),
             run_config=tune.RunConfig(name=sweep_key, storage_path=str(storage)),
         )

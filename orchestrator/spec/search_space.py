@@ -1,5 +1,5 @@
-"""Search spaces over dotted spec paths: checking them against the spec, turning them into Ray
-Tune distributions, and applying sampled values to a spec.
+"""Search spaces over dotted spec paths: checking them against the spec and applying sampled
+values to a spec (their Ray Tune objects are built in `orchestrator.launch.tune_objects`).
 
 A path must name a field of the spec as validated (defaults included), e.g.
 `distill.logits.weight` exists in a DETRDistill spec even when the file does not write it. Every
@@ -145,26 +145,3 @@ def tune_problems(
             )
         )
     return problems
-
-
-def to_tune(distribution: Distribution, searcher: str) -> Any:
-    """The Ray Tune search-space object of one distribution."""
-    from ray import tune
-
-    kind, values = distribution.kind, distribution.values
-    if kind == "grid" or (searcher == "grid" and kind == "choice"):
-        return tune.grid_search(list(values))
-    if kind == "choice":
-        return tune.choice(list(values))
-    if kind == "uniform":
-        return tune.uniform(*values)
-    if kind == "loguniform":
-        return tune.loguniform(*values)
-    return tune.randint(values[0], values[1] + 1)  # Tune's upper end is exclusive
-
-
-def mutation(distribution: Distribution) -> Any:
-    """A PBT mutation: a list to pick from, or a Tune distribution to resample."""
-    if distribution.kind == "choice":
-        return list(distribution.values)
-    return to_tune(distribution, "random")
