@@ -88,6 +88,9 @@ def summary_rows(runs: dict[str, list[dict]]) -> list[list]:
 
 
 def main() -> None:
+    from orchestrator.console import configure_console
+
+    configure_console()  # the training loop logs its progress and validation tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--teacher-epochs", type=int, default=48)

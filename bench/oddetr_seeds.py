@@ -53,14 +53,8 @@ def run_one(path: str, seed: int, tag: str, extra: list[str]) -> dict:
     ]
     spec = resolve_paths(load_spec(ROOT / path, overrides), ROOT)
     result = run_experiment(spec, storage_path=WORK / "ray")
-    client = tracking._client(uri)
     history = {
-        key: [
-            m.value
-            for m in sorted(
-                client.get_metric_history(result.mlflow_run_id, key), key=lambda m: m.step
-            )
-        ]
+        key: tracking.metric_history(uri, result.mlflow_run_id, key)
         for key in ("stability/instability", "stability_ema/instability", "stability/gt_flip_rate")
     }
     final = {k: v for k, v in result.metrics.items() if k.startswith(("val/", "val_ema/"))}
@@ -115,6 +109,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    from orchestrator.console import configure_console
+
+    configure_console()  # the training loop logs its progress and validation tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--archs", nargs="+", default=list(PAIRS), choices=list(PAIRS))

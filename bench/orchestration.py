@@ -109,6 +109,9 @@ def run_plain(spec) -> dict:
 
 
 def main() -> None:
+    from orchestrator.console import configure_console
+
+    configure_console()  # the training loop logs its progress and validation tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)

@@ -134,3 +134,8 @@ def build_model(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
             "(config.with_classes(k))"
         )
     return BUILDERS[config.architecture](config)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare detector inside a (Distributed)DataParallel wrapper (itself when unwrapped)."""
+    return model.module if hasattr(model, "module") else model

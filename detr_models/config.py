@@ -14,6 +14,7 @@ from detr_models.backbone import STRIDES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
 Level = Literal["C2", "C3", "C4", "C5"]
 
 
@@ -177,6 +178,7 @@ def tiny_config(architecture: str = "detr", num_classes: int = 3, **overrides: A
         "num_classes": num_classes,
         "backbone": "tiny",
         "tiny_width": 16,
+        "levels": ["C5"],
         "hidden_dim": 64,
         "num_heads": 4,
         "encoder_layers": 1,
@@ -186,9 +188,6 @@ def tiny_config(architecture: str = "detr", num_classes: int = 3, **overrides: A
         "dropout": 0.0,
     }
     return model_config_from_dict({**tiny, **overrides})
-
-
-NonNegFloat = Annotated[float, Field(ge=0)]
 
 
 class MatcherConfig(StrictConfig):

@@ -16,6 +16,8 @@ import copy
 import torch
 from torch import nn
 
+from detr_models.build import unwrap
+
 
 def ema_decay(decay: float, updates: int, warmup: bool) -> float:
     """The decay used for update number `updates` (0 for the first)."""
@@ -36,7 +38,7 @@ class EmaTeacher(nn.Module):
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
         self.decay = decay
         self.warmup = warmup
-        self.model = copy.deepcopy(_bare(student)).eval().requires_grad_(False)
+        self.model = copy.deepcopy(unwrap(student)).eval().requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def train(self, mode: bool = True) -> EmaTeacher:
@@ -52,7 +54,7 @@ class EmaTeacher(nn.Module):
         """Average the student's current weights in (call after each optimiser step)."""
         decay = self.current_decay()
         own = self.model.state_dict()
-        for name, value in _bare(student).state_dict().items():
+        for name, value in unwrap(student).state_dict().items():
             target = own[name]
             if target.dtype.is_floating_point:
                 target.mul_(decay).add_(value.detach().to(target.dtype), alpha=1.0 - decay)
@@ -64,7 +66,3 @@ class EmaTeacher(nn.Module):
     def forward(self, *args, **kwargs):
         self.model.eval()
         return self.model(*args, **kwargs)
-
-
-def _bare(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model

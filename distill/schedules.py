@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from detr_models.config import StrictConfig
+from detr_models.config import NonNegFloat, StrictConfig
 from distill.objective import Progress
-
-NonNegFloat = Annotated[float, Field(ge=0)]
 
 STAGE_RULES = ("uniform", "last_only", "increasing")
 

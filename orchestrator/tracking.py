@@ -44,6 +44,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_root(uri))
 
 
+def metric_history(uri: str, run_id: str, key: str) -> list[float]:
+    """Every logged value of metric `key` of a run, in step order."""
+    history = _client(uri).get_metric_history(run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
 def latest_version(uri: str, name: str) -> str | None:
     """The newest version of registered model `name`, or None when it has none."""
     versions = _client(uri).search_model_versions(f"name = '{name}'")

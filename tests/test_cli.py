@@ -84,3 +84,19 @@ def test_console_script_exit_code(tmp_path):
     assert result.returncode == 2
     assert "missing.json: annotation file not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_library_log_reaches_stdout_once(capsys):
+    import logging
+
+    from orchestrator.console import configure_console
+
+    configure_console()
+    configure_console()  # a second call (CLI, then a worker in the same process) adds nothing
+    log = logging.getLogger("detrdistill")
+    log.info("epoch 1 validation")
+    log.warning("the model was trained on other category ids")
+    log.debug("hidden unless -v")
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["epoch 1 validation"]
+    assert captured.err.splitlines() == ["warning: the model was trained on other category ids"]

@@ -1,4 +1,4 @@
-"""Tests for orchestrator.drawing."""
+"""Tests for orchestrator.evaluation.drawing."""
 
 from __future__ import annotations
 

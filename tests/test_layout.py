@@ -88,3 +88,27 @@ def test_files_stay_small():
         if (count := len(path.read_text(encoding="utf-8").splitlines())) > 420
     ]
     assert not long
+
+
+ORCHESTRATOR_ORDER = ("spec", "data", "evaluation", "training", "launch", "cli")
+
+
+def test_orchestrator_sub_packages_import_only_those_below_them():
+    """spec <- data <- evaluation <- training <- launch <- cli (the top-level modules console,
+    errors and tracking are below them all)."""
+    upward = []
+    for path in _modules("orchestrator"):
+        parts = path.relative_to(ROOT / "orchestrator").parts
+        if len(parts) < 2:
+            continue
+        rank = ORCHESTRATOR_ORDER.index(parts[0])
+        for module, _ in _imports(path):
+            names = module.split(".")
+            inside = names[0] == "orchestrator" and len(names) > 1
+            if (
+                inside
+                and names[1] in ORCHESTRATOR_ORDER
+                and ORCHESTRATOR_ORDER.index(names[1]) > rank
+            ):
+                upward.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not upward

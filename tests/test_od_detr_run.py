@@ -11,21 +11,26 @@ from orchestrator.launch.run import run_experiment
 from orchestrator.training import checkpoints
 from orchestrator.training.fit import run_training
 from orchestrator.training.reporters import LocalReporter
-from tests.conftest import make_tiny_spec
 
 OD = {"method": "od_detr", "ema": {"decay": 0.9}}
 
 
-def od_spec(base: Path, **overrides):
-    return make_tiny_spec(
-        base,
-        register_as=None,
-        distill=OD,
-        **{"student.architecture": "dab_detr", "train.stability_probe_images": 4, **overrides},
-    )
+@pytest.fixture
+def od_spec(tiny_spec):
+    """The tiny spec with OD-DETR on a DAB-DETR student: `od_spec(base, **dotted)`."""
+
+    def build(base: Path, **overrides):
+        return tiny_spec(
+            base,
+            register_as=None,
+            distill=OD,
+            **{"student.architecture": "dab_detr", "train.stability_probe_images": 4, **overrides},
+        )
+
+    return build
 
 
-def test_resumed_run_has_the_same_ema_as_an_uninterrupted_one(tmp_path):
+def test_resumed_run_has_the_same_ema_as_an_uninterrupted_one(tmp_path, od_spec):
     spec = od_spec(tmp_path)
     clean = LocalReporter(tmp_path / "clean")
     run_training(spec, clean)
@@ -50,7 +55,7 @@ def test_resumed_run_has_the_same_ema_as_an_uninterrupted_one(tmp_path):
         assert key in last and last[key] == resumed.history[-1][key]
 
 
-def test_od_detr_run_tracks_both_models_and_exports_the_ema(tmp_path):
+def test_od_detr_run_tracks_both_models_and_exports_the_ema(tmp_path, od_spec):
     spec = od_spec(tmp_path, **{"checkpoint.export": "ema", "mlflow.register_as": "od-model"})
     result = run_experiment(spec, storage_path=tmp_path / "runs")
     client = MlflowClient(spec.mlflow.tracking_uri)

@@ -17,32 +17,37 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli.cluster_commands import server_command
 from orchestrator.cli.main import main
-from tests.conftest import make_tiny_spec_dict
 
 BIN = Path(sys.executable).parent
 SECRET = "s3cr3t-token-value-42"
 
 
-def tiny_yaml(path: Path, tracking_uri: str | None, epochs: int = 1) -> Path:
-    """The tiny spec of test_run as a YAML file (data generated where the job runs)."""
-    spec = make_tiny_spec_dict(
-        path.parent,
-        name="remote-tiny",
-        epochs=epochs,
-        workers=1,
-        register_as="remote-tiny",
-        **{"data.source.cache_dir": "data/cache", "train.stability_probe_images": 2},
-    )
-    spec["mlflow"]["log_images"] = 0
-    if tracking_uri:
-        spec["mlflow"]["tracking_uri"] = tracking_uri
-    path.write_text(yaml.safe_dump(spec))
-    return path
+@pytest.fixture
+def tiny_yaml(tiny_spec_dict):
+    """`tiny_yaml(path, tracking_uri, epochs=1)`: the tiny spec as a YAML file (data generated
+    where the job runs)."""
+
+    def write(path: Path, tracking_uri: str | None, epochs: int = 1) -> Path:
+        spec = tiny_spec_dict(
+            path.parent,
+            name="remote-tiny",
+            epochs=epochs,
+            workers=1,
+            register_as="remote-tiny",
+            **{"data.source.cache_dir": "data/cache", "train.stability_probe_images": 2},
+        )
+        spec["mlflow"]["log_images"] = 0
+        if tracking_uri:
+            spec["mlflow"]["tracking_uri"] = tracking_uri
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
 
 
 @pytest.mark.parametrize("uri", [None, "sqlite:///mlflow.db", "/tmp/mlruns", "file:///tmp/x"])
 def test_a_local_tracking_uri_is_refused_before_anything_is_sent(
-    tmp_path, uri, capsys, monkeypatch
+    tmp_path, uri, capsys, monkeypatch, tiny_yaml
 ):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = tiny_yaml(tmp_path / "spec.yaml", uri)
@@ -52,7 +57,7 @@ def test_a_local_tracking_uri_is_refused_before_anything_is_sent(
     assert "mlflow.tracking_uri" in err and "http(s)://" in err and str(spec) in err
 
 
-def test_the_token_never_appears_in_output(tmp_path, capsys):
+def test_the_token_never_appears_in_output(tmp_path, capsys, tiny_yaml):
     token = tmp_path / "token"
     token.write_text(SECRET + "\n")
     spec = tiny_yaml(tmp_path / "spec.yaml", "http://127.0.0.1:9")
@@ -138,7 +143,9 @@ def cluster(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_token_protected_cluster_takes_the_token_file_and_never_shows_it(tmp_path, capsys):
+def test_a_token_protected_cluster_takes_the_token_file_and_never_shows_it(
+    tmp_path, capsys, tiny_yaml
+):
     token = tmp_path / "token"
     token.write_text(SECRET)
     with local_cluster(tmp_path, token) as (address, tracking):
@@ -160,7 +167,7 @@ def test_a_token_protected_cluster_takes_the_token_file_and_never_shows_it(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, capsys):
+def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, capsys, tiny_yaml):
     address, tracking = cluster
     spec = tiny_yaml(tmp_path / "spec.yaml", tracking, epochs=2)
     code = main(["submit", str(spec), "--address", address, "--wait"])

@@ -7,7 +7,6 @@ from orchestrator.launch.sweep import format_results, run_sweep
 from orchestrator.spec.loader import load_spec_dict
 from orchestrator.spec.problems import SpecError
 from orchestrator.spec.search_space import apply, assign, lookup
-from tests.conftest import make_tiny_spec
 
 OD = {"method": "od_detr", "ema": {"decay": 0.9}}
 
@@ -133,29 +132,35 @@ def test_results_table_is_sorted_by_the_metric():
     assert table[2].startswith("| b | 0.01 | 0.5 | 0.4 | 4 | done | 1")
 
 
-def _sweep_spec(base, name, tune, **overrides):
-    spec = make_tiny_spec(
-        base,
-        name=name,
-        epochs=3,
-        register_as=f"{name}-best",
-        distill=OD,
-        **{
-            "student.architecture": "dab_detr",
-            "train.stability_probe_images": 2,
-            "scaling.cpus_per_worker": 1,
-            "optim.step_epochs": [2],
-            **overrides,
-        },
-    )
-    data = spec.model_dump(mode="json")
-    data["tune"] = tune
-    return load_spec_dict(data, source="test")
+@pytest.fixture
+def sweep_spec(tiny_spec):
+    """The tiny OD-DETR spec with a `tune` section: `sweep_spec(base, name, tune, **dotted)`."""
+
+    def build(base, name, tune, **overrides):
+        spec = tiny_spec(
+            base,
+            name=name,
+            epochs=3,
+            register_as=f"{name}-best",
+            distill=OD,
+            **{
+                "student.architecture": "dab_detr",
+                "train.stability_probe_images": 2,
+                "scaling.cpus_per_worker": 1,
+                "optim.step_epochs": [2],
+                **overrides,
+            },
+        )
+        data = spec.model_dump(mode="json")
+        data["tune"] = tune
+        return load_spec_dict(data, source="test")
+
+    return build
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_asha_sweep_nests_trials_and_registers_the_best(tmp_path, ray_local):
+def test_asha_sweep_nests_trials_and_registers_the_best(tmp_path, ray_local, sweep_spec):
     tune = {
         "search_space": {"optim.lr": {"choice": [1e-4, 1e-3, 3e-3]}},
         "searcher": "grid",
@@ -163,7 +168,7 @@ def test_asha_sweep_nests_trials_and_registers_the_best(tmp_path, ray_local):
         "max_concurrent_trials": 2,
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
     }
-    spec = _sweep_spec(tmp_path, "asha", tune)
+    spec = sweep_spec(tmp_path, "asha", tune)
     result = run_sweep(spec, storage_path=tmp_path / "runs")
     assert len(result.rows) == 3 and result.best is not None
     assert result.rows[0]["best"] >= max(r["best"] or 0 for r in result.rows)
@@ -184,7 +189,7 @@ def test_asha_sweep_nests_trials_and_registers_the_best(tmp_path, ray_local):
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_pbt_sweep_exploits(tmp_path, ray_local):
+def test_pbt_sweep_exploits(tmp_path, ray_local, sweep_spec):
     tune = {
         "scheduler": {
             "kind": "pbt",
@@ -198,7 +203,7 @@ def test_pbt_sweep_exploits(tmp_path, ray_local):
         "max_concurrent_trials": 2,
         "resources": {"cpus_per_worker": 1},
     }
-    spec = _sweep_spec(tmp_path, "pbt", tune, **{"optim.step_epochs": [3]})
+    spec = sweep_spec(tmp_path, "pbt", tune, **{"optim.step_epochs": [3]})
     result = run_sweep(spec, storage_path=tmp_path / "runs")
     assert len(result.rows) == 2
     assert sum(r["exploits"] for r in result.rows) >= 1, result.table

@@ -4,8 +4,13 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.data.transforms import RandomSizeCrop, eval_transforms, train_transforms
-from orchestrator.evaluation.drawing import IMAGENET_MEAN, IMAGENET_STD
+from orchestrator.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomSizeCrop,
+    eval_transforms,
+    train_transforms,
+)
 from tests.conftest import write_coco
 
 

@@ -38,18 +38,24 @@ def add_override_option(parser: argparse.ArgumentParser, what: str = "a spec fie
 
 
 def dataset_paths(
-    command: str, root: Path | None, split: str, images: Path | None, annotations: Path | None
+    command: str,
+    root_label: str,
+    root: Path | None,
+    split: str,
+    images: Path | None,
+    annotations: Path | None,
 ) -> tuple[Path, Path]:
-    """(image folder, annotation json) from a dataset root written by `data synth` (`command`
-    names it: "data check ROOT", "eval --data ROOT"), or from explicit --images/--annotations;
+    """(image folder, annotation json) from a dataset root written by `data synth` (given as
+    `root_label`, e.g. "ROOT" or "--data ROOT"), or from explicit --images/--annotations;
     exactly one of the two ways."""
     from orchestrator.data.synth import split_paths
 
-    name, _, root_arg = command.rpartition(" ")
     if root is not None and (images or annotations):
-        raise UserInputError(f"{name}: give either {root_arg} or --images/--annotations, not both")
+        raise UserInputError(
+            f"{command}: give either {root_label} or --images/--annotations, not both"
+        )
     if root is not None:
         return split_paths(root, split)
     if images and annotations:
         return images, annotations
-    raise UserInputError(f"{name}: give a dataset {root_arg}, or both --images and --annotations")
+    raise UserInputError(f"{command}: give {root_label}, or both --images and --annotations")

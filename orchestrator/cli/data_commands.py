@@ -63,11 +63,15 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from orchestrator.data.check import evaluate_ground_truth, open_for_check, summarize
     from orchestrator.evaluation.coco import format_metrics_table
+    from orchestrator.evaluation.ground_truth import (
+        evaluate_ground_truth,
+        open_for_check,
+        summarize,
+    )
 
     images, annotations = dataset_paths(
-        "data check ROOT", args.root, args.split, args.images, args.annotations
+        "data check", "a dataset ROOT", args.root, args.split, args.images, args.annotations
     )
     dataset = open_for_check(images, annotations, args.size, args.max_size)
     print(f"dataset {annotations} ({images})")

@@ -47,7 +47,7 @@ def _eval(args: argparse.Namespace) -> int:
     from orchestrator.launch.inference import evaluate_model
 
     images, annotations = dataset_paths(
-        "eval --data ROOT", args.data, args.split, args.images, args.annotations
+        "eval", "--data ROOT", args.data, args.split, args.images, args.annotations
     )
     metrics = evaluate_model(
         args.model, images, annotations, args.tracking_uri, args.size, args.batch_size, args.results

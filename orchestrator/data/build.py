@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.spec.sections import DataSpec, SyntheticData
 from orchestrator.data.synth import ensure_shapes, split_paths
 from orchestrator.data.transforms import eval_transforms, train_transforms
+from orchestrator.spec.sections import DataSpec, SyntheticData
 
 
 def data_paths(data: DataSpec) -> dict[str, tuple[Path, Path]]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-log = logging.getLogger("detrdistill")
+logger = logging.getLogger("detrdistill")
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ellipse", "pentagon", "star")
 CATEGORY_IDS = (1, 3, 7, 8, 12, 15, 20, 24)
@@ -351,7 +351,7 @@ def generate_shapes(
         raise
     seconds = time.perf_counter() - start
     summary = ", ".join(f"{k} {n} images / {m} objects" for k, (n, m) in counts.items())
-    log.info("wrote shapes dataset %s: %s in %.2fs", out, summary, seconds)
+    logger.info("wrote shapes dataset %s: %s in %.2fs", out, summary, seconds)
     return out
 
 

@@ -1,1 +1,2 @@
-"""Measuring models: COCO AP with pycocotools, matching (in)stability, drawing detections."""
+"""Measuring models and data: COCO AP with pycocotools, matching (in)stability, drawing
+detections, and `data check` (the ground truth through the eval pipeline)."""

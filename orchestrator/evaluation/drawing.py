@@ -14,8 +14,7 @@ from torch import Tensor
 from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from orchestrator.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _GT_COLOR = (255, 255, 255)
 _PRED_WIDTH = 2

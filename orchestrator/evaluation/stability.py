@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.data.loader import Batch
-from orchestrator.training.engine import unwrap
+from detr_models.batch import Batch
+from detr_models.build import unwrap
 
 
 def _slots(out: Any, batch_index: int, query_index: torch.Tensor) -> list[int]:

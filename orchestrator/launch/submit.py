@@ -172,14 +172,20 @@ def submit(
 def follow(client: Client, job_id: str) -> int:
     """Stream a job's logs until it ends; 0 if it succeeded."""
 
+    pending = [""]  # Ray cuts the stream anywhere: log whole lines only
+
     async def stream() -> None:
-        async for lines in client.jobs.tail_job_logs(job_id):
-            logger.info((client.redact(lines)).rstrip("\n"))
+        async for chunk in client.jobs.tail_job_logs(job_id):
+            *lines, pending[0] = (pending[0] + client.redact(chunk)).split("\n")
+            for line in lines:
+                logger.info(line)
 
     try:
         asyncio.run(stream())
     except Exception as err:  # the log stream may drop; the status still tells the outcome
         logger.info(f"(log stream ended: {client.redact(str(err))[:200]})")
+    if pending[0]:
+        logger.info(pending[0])
     status = _final_status(client, job_id)
     logger.info(f"job {job_id} {status}")
     return 0 if status == "SUCCEEDED" else 1

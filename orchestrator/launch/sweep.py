@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import tracking
+from orchestrator.console import is_verbose
 from orchestrator.errors import UserInputError
 from orchestrator.launch.run import preflight
 from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
@@ -152,6 +153,7 @@ def run_sweep(
         "parent_run_id": parent_id,
         "sweep_key": sweep_key,
         "storage": str(storage),
+        "verbose": is_verbose(),
     }
     function = pbt_trial if pbt else train_in_tune_trial
     if pbt:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import tracking
+from orchestrator.console import configure_console
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
 from orchestrator.launch.worker import RayTrainReporter, build_trainer
 from orchestrator.spec.loader import load_spec_dict
@@ -54,6 +55,7 @@ def train_in_tune_trial(config: dict, context: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    configure_console(context["verbose"])  # a Tune trial is a fresh process
     tune_context = ray.tune.get_context()
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
     spec = trial_spec(context["base"], config, trial_name)
@@ -78,6 +80,7 @@ def pbt_trial(config: dict, context: dict) -> None:
     """A Tune function trial running the training loop itself, with Tune checkpoints (PBT)."""
     import ray.tune
 
+    configure_console(context["verbose"])  # a Tune trial is a fresh process
     tune_context = ray.tune.get_context()
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
     spec = trial_spec(context["base"], config, trial_name)

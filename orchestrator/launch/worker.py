@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator.console import configure_console
+from orchestrator.console import configure_console, is_verbose
 from orchestrator.spec.loader import load_spec_dict
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training.fit import default_device, run_training
@@ -117,6 +117,7 @@ def build_trainer(
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "scratch_dir": str(storage / run_key / "scratch"),
+            "verbose": is_verbose(),  # the driver's -v reaches the workers' console
             **extra,
         },
         scaling_config=ScalingConfig(

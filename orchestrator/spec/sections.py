@@ -1,8 +1,10 @@
 """The experiment spec: pydantic v2 models of everything a run needs, loaded from YAML.
 
-Every section forbids unknown keys. Model configs and distillation methods are discriminated
-unions (by `architecture` and `method`), so a misspelt name or a field that does not belong to
-the chosen variant is caught. Loading, error formatting and overrides live in `spec_loader.py`.
+Every section forbids unknown keys. The model sections are detr_models' own configs and the
+`distill` section is distill's method config, discriminated unions (by `architecture` and
+`method`), so a misspelt name or a field that does not belong to the chosen variant is caught,
+and the code reads the very objects the YAML became. Rules across sections live in `rules.py`,
+loading and messages in `loader.py`.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from distill.config import DistillConfig, NoDistillConfig
 from orchestrator.spec.tune import TuneSpec
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-Section = StrictConfig
 
 
 # ----------------------------------------------------------------------------- data
-class SyntheticData(Section):
+class SyntheticData(StrictConfig):
     """The generated shapes dataset, created on first use under `cache_dir`."""
 
     kind: Literal["synthetic"] = "synthetic"
@@ -41,7 +42,7 @@ class SyntheticData(Section):
     cache_dir: str = "data/cache"
 
 
-class CocoData(Section):
+class CocoData(StrictConfig):
     """Any COCO-format dataset: image folders and annotation files per split."""
 
     kind: Literal["coco"] = "coco"
@@ -51,7 +52,7 @@ class CocoData(Section):
     val_annotations: str
 
 
-class DataSpec(Section):
+class DataSpec(StrictConfig):
     """Where images come from, how they are augmented and batched."""
 
     source: Annotated[SyntheticData | CocoData, Field(discriminator="kind")] = Field(
@@ -75,7 +76,7 @@ class DataSpec(Section):
 
 
 # ----------------------------------------------------------------------------- models
-class TeacherSpec(Section):
+class TeacherSpec(StrictConfig):
     """A trained detector: its config and where its weights come from."""
 
     model: AnyModelConfig
@@ -85,7 +86,7 @@ class TeacherSpec(Section):
 
 
 # ----------------------------------------------------------------------------- training
-class OptimSpec(Section):
+class OptimSpec(StrictConfig):
     """AdamW with a backbone learning-rate multiplier, warm-up and a step or cosine schedule."""
 
     lr: PositiveFloat = 1e-4
@@ -101,7 +102,7 @@ class OptimSpec(Section):
     gamma: PositiveFloat = 0.1
 
 
-class TrainSpec(Section):
+class TrainSpec(StrictConfig):
     epochs: PositiveInt = 50
     eval_interval: PositiveInt = 1
     amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
@@ -114,7 +115,7 @@ class TrainSpec(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
 
 
-class ScalingSpec(Section):
+class ScalingSpec(StrictConfig):
     num_workers: NonNegInt = Field(1, description="0 runs in-process (Ray Train local mode)")
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 2
@@ -122,7 +123,7 @@ class ScalingSpec(Section):
     max_failures: NonNegInt = 0
 
 
-class CheckpointSpec(Section):
+class CheckpointSpec(StrictConfig):
     num_to_keep: PositiveInt = 2
     score_metric: str = "val/AP"
     score_mode: Literal["max", "min"] = "max"
@@ -133,14 +134,14 @@ class CheckpointSpec(Section):
     )
 
 
-class MlflowSpec(Section):
+class MlflowSpec(StrictConfig):
     tracking_uri: str | None = Field(None, description="default sqlite:///<cwd>/mlflow.db")
     experiment: str | None = Field(None, description="default: the spec name")
     register_as: str | None = None
     log_images: NonNegInt = 4
 
 
-class ExperimentSpec(Section):
+class ExperimentSpec(StrictConfig):
     """One experiment: data, a student, optionally a teacher, a method, and how to run it."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]

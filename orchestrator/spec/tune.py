@@ -6,10 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from detr_models.config import StrictConfig
-
-NonNegFloat = Annotated[float, Field(ge=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
+from detr_models.config import NonNegFloat, PositiveInt, StrictConfig
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 

@@ -78,20 +78,20 @@ def assemble(spec: ExperimentSpec, device: torch.device, rank: int = 0) -> Train
     optim = spec.optim
     optimizer = build_optimizer(
         model,
-        optim.lr,
-        optim.backbone_lr_mult,
-        optim.weight_decay,
-        optim.offset_lr_mult,
-        [objective],
+        lr=optim.lr,
+        backbone_lr_mult=optim.backbone_lr_mult,
+        weight_decay=optim.weight_decay,
+        offset_lr_mult=optim.offset_lr_mult,
+        extra_modules=[objective],
     )
     scheduler = build_scheduler(
         optimizer,
-        optim.schedule,
-        iters,
-        spec.train.epochs,
-        optim.warmup_iters,
-        optim.step_epochs,
-        optim.gamma,
+        schedule=optim.schedule,
+        iters_per_epoch=iters,
+        epochs=spec.train.epochs,
+        warmup_iters=optim.warmup_iters,
+        step_epochs=optim.step_epochs,
+        gamma=optim.gamma,
     )
     probe = stability_probe(spec) if rank == 0 else []
     stability = MatchingStability(probe, "stability/") if probe else None

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from detr_models.batch import Batch
+from detr_models.build import unwrap
 from detr_models.postprocess import PostProcess
 from distill.objective import Progress, TrainingObjective
 from orchestrator.evaluation.coco import CocoEvaluator
@@ -36,11 +37,6 @@ def _sync_objective_gradients(objective: TrainingObjective) -> None:
         if param.grad is not None:
             dist.all_reduce(param.grad)
             param.grad /= world
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside a DistributedDataParallel wrapper."""
-    return model.module if hasattr(model, "module") else model
 
 
 def train_one_epoch(

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from detr_models.build import unwrap
 from orchestrator.data.loader import set_epoch
 from orchestrator.evaluation.coco import METRIC_NAMES, format_metrics_table
 from orchestrator.evaluation.drawing import draw_sample
@@ -19,7 +20,7 @@ from orchestrator.evaluation.stability import assignment_agreement
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
 from orchestrator.training.assemble import TrainingSetup, assemble
-from orchestrator.training.engine import evaluate, train_one_epoch, unwrap
+from orchestrator.training.engine import evaluate, train_one_epoch
 from orchestrator.training.reporters import Reporter
 from orchestrator.training.state import TrainingState, save_training_checkpoint
 
@@ -81,13 +82,13 @@ def run_training(
             setup.optimizer,
             setup.scheduler,
             setup.device,
-            epoch,
-            spec.train.epochs,
-            spec.optim.clip_grad_norm,
-            spec.train.amp,
-            spec.train.max_iters_per_epoch,
-            spec.train.log_every,
-            _log_progress if rank == 0 else None,
+            epoch=epoch,
+            epochs=spec.train.epochs,
+            clip_grad_norm=spec.optim.clip_grad_norm,
+            amp=spec.train.amp,
+            max_iters=spec.train.max_iters_per_epoch,
+            log_every=spec.train.log_every,
+            log=_log_progress if rank == 0 else None,
         )
         metrics = {f"train/{k}": v for k, v in train_metrics.items()}
         evaluated = (epoch + 1) % spec.train.eval_interval == 0 or epoch + 1 == spec.train.epochs

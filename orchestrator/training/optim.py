@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from orchestrator.training.engine import unwrap
+from detr_models.build import unwrap
 
 
 def backbone_parameter(name: str) -> bool:

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from detr_models.build import unwrap
 from orchestrator.training import checkpoints
-from orchestrator.training.engine import unwrap
 
 
 @dataclass

@@ -9,8 +9,6 @@ which is far cheaper to learn here than after a training run.
 from __future__ import annotations
 
 import logging
-
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +17,9 @@ import torch
 from torchvision.ops import box_convert
 
 from orchestrator.data.dataset import CocoDetection
-from orchestrator.evaluation.drawing import denormalize_image, save_detections_png
-from orchestrator.evaluation.coco import CocoEvaluator
 from orchestrator.data.transforms import eval_transforms
+from orchestrator.evaluation.coco import CocoEvaluator
+from orchestrator.evaluation.drawing import denormalize_image, save_detections_png
 
 logger = logging.getLogger("detrdistill")
 
