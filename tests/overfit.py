@@ -8,7 +8,7 @@ import torch
 
 from detr_models.build import build_model
 from detr_models.config import tiny_config
-from detr_models.criterion import SetCriterion, total
+from detr_models.criterion import SetCriterion, encoder_proposal_losses, total
 from detr_models.matcher import HungarianMatcher
 from detr_models.postprocess import PostProcess
 from orchestrator.data.dataset import CocoDetection
@@ -39,6 +39,8 @@ def overfit(
     for _ in range(steps):
         out = model(batch.images, batch.pixel_mask)
         losses, _ = criterion(out, batch.targets)
+        # two-stage models train their encoder proposals too, as the product's training does
+        losses.update(encoder_proposal_losses(criterion, out, batch.targets))
         loss = total(losses)
         optimizer.zero_grad()
         loss.backward()
