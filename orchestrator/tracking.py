@@ -50,6 +50,29 @@ def metric_history(uri: str, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
+def pin_model_version(uri: str, source: str) -> tuple[str, str | None]:
+    """A registered-model source fixed to one version: `models:/name/latest` and
+    `models:/name@alias` become `models:/name/N` (with N's run id), so that a later
+    registration under the same name cannot swap the teacher of a running or resumed run.
+    Other sources come back unchanged (run id None)."""
+    if not source.startswith("models:/"):
+        return source, None
+    rest = source[len("models:/") :]
+    client = _client(uri)
+    if "@" in rest and "/" not in rest:
+        name, alias = rest.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, wanted = rest.partition("/")
+        if wanted == "latest":
+            newest = latest_version(uri, name)
+            if newest is None:
+                raise ValueError(f"{source}: the registered model {name!r} has no version")
+            wanted = newest
+        version = client.get_model_version(name, wanted)
+    return f"models:/{name}/{version.version}", version.run_id
+
+
 def latest_version(uri: str, name: str) -> str | None:
     """The newest version of registered model `name`, or None when it has none."""
     versions = _client(uri).search_model_versions(f"name = '{name}'")
@@ -99,6 +122,11 @@ def close_unfinished(uri: str, run_ids: Any) -> None:
     for run_id in run_ids:
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status="KILLED")
+
+
+def run_tag(uri: str, run_id: str, key: str) -> str | None:
+    """The value of tag `key` of a run, or None."""
+    return _client(uri).get_run(run_id).data.tags.get(key)
 
 
 def has_model(uri: str, run_id: str) -> bool:

@@ -129,7 +129,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monke
     clean_result = run_experiment(clean, storage_path=tmp_path / "a" / "runs")
     assert clean_result.metrics["epoch"] == 2
 
-    spec = tiny_spec(tmp_path / "b", name="crashy", workers=1, register_as=None)
+    spec = tiny_spec(tmp_path / "b", name="crashy", workers=1, register_as="crashy")
     monkeypatch.setenv("DETRDISTILL_FAULT_AFTER_EPOCH", "1")
     with pytest.raises(Exception, match="fault injected after epoch 1"):
         run_experiment(spec, storage_path=tmp_path / "b" / "runs")
@@ -147,3 +147,10 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monke
         "resumed weights differ from the uninterrupted run"
     )
     assert json.dumps(clean_result.metrics["val/AP"]) == json.dumps(resumed.metrics["val/AP"])
+    assert resumed.registered_version == "1"
+    # the finished run, run again: nothing trains, nothing is logged or registered twice
+    again = run_experiment(spec, storage_path=tmp_path / "b" / "runs")
+    assert again.mlflow_run_id == resumed.mlflow_run_id and again.registered_version is None
+    steps = [m.step for m in client.get_metric_history(resumed.mlflow_run_id, "train/loss")]
+    assert steps == [1, 2]
+    assert len(client.search_model_versions("name = 'crashy'")) == 1

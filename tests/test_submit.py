@@ -71,6 +71,12 @@ def test_the_token_never_appears_in_output(tmp_path, capsys, tiny_yaml):
     code = main(["jobs", "list", "--address", "http://127.0.0.1:9", "--token-file", str(token)])
     out = capsys.readouterr()
     assert code == 2 and SECRET not in out.out + out.err
+    # credentials written into the address are redacted like the token
+    address = f"http://admin:{SECRET}@127.0.0.1:9"
+    code = main(["submit", str(spec), "--address", address])
+    out = capsys.readouterr()
+    assert code == 2 and "http://***@127.0.0.1:9" in out.err
+    assert SECRET not in out.out + out.err
     empty = tmp_path / "empty"
     empty.write_text("")
     assert main(["jobs", "list", "--address", "http://x:1", "--token-file", str(empty)]) == 2

@@ -24,6 +24,16 @@ def non_negative(text: str) -> int:
     return value
 
 
+def run_name(text: str) -> str:
+    """An argparse type: a run name that is safe as a folder name and an MLflow tag."""
+    from orchestrator.spec.paths import name_problem
+
+    problem = name_problem(text, "run name")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def add_override_option(parser: argparse.ArgumentParser, what: str = "a spec field") -> None:
     """The repeatable `--set a.b.c=value` option (value read as YAML), for every spec command."""
     parser.add_argument(

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from orchestrator.cli.args import add_override_option
+from orchestrator.cli.args import add_override_option, run_name
 
 
 def add_cluster_commands(commands: argparse._SubParsersAction) -> None:
@@ -26,7 +26,9 @@ def add_cluster_commands(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--runtime-env", type=Path, help="YAML/JSON runtime env to merge in")
     submit.add_argument("--token-file", type=Path, help="file holding the Ray auth token")
     submit.add_argument(
-        "--run-name", help="run name on the cluster (default: job-<time>, a new run per job)"
+        "--run-name",
+        type=run_name,
+        help="run name on the cluster (default: job-<time>, a new run per job)",
     )
     add_override_option(submit)
     submit.set_defaults(handler=_submit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.cli.args import add_override_option
+from orchestrator.cli.args import add_override_option, run_name
 
 
 def add_run_commands(commands: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def _add_launch_args(run: argparse.ArgumentParser, what: str) -> None:
     add_override_option(run)
     run.add_argument(
         "--run-name",
+        type=run_name,
         default="default",
         help=f"names this {what}; the same name resumes, a new name starts fresh",
     )

@@ -20,6 +20,7 @@ from orchestrator.launch.export import best_checkpoint, export_checkpoint
 from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
 from orchestrator.launch.worker import build_trainer
 from orchestrator.spec.params import flatten_params, spec_to_yaml
+from orchestrator.spec.paths import name_problem
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
 from orchestrator.training.fit import FAULT_ENV
@@ -43,6 +44,12 @@ def preflight(spec: ExperimentSpec) -> int:
     """Checks that need files: datasets open, class counts agree, teacher weights fit.
     Returns the number of classes. Raises UserInputError naming the field."""
     train_set, val_set = build_datasets(spec.data)
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        if len(dataset) == 0:
+            raise UserInputError(
+                f"data: the {split} split has no images, so the run would train or evaluate "
+                "nothing; point data.source at a dataset with images in both splits"
+            )
     k = train_set.num_classes
     if val_set.label_to_category != train_set.label_to_category:
         raise UserInputError(
@@ -69,6 +76,27 @@ def preflight(spec: ExperimentSpec) -> int:
     return k
 
 
+def pin_teacher(spec: ExperimentSpec, recorded: str | None = None) -> ExperimentSpec:
+    """The spec with a registered teacher fixed to one version (`models:/name/latest` or an
+    alias resolved now; `recorded`, the version a resumed run started with, wins), so that a
+    later registration under that name never swaps the teacher. Logged for the user."""
+    if spec.teacher is None or not spec.teacher.weights.startswith("models:/"):
+        return spec
+    source = spec.teacher.weights
+    if recorded is not None and recorded.startswith("models:/"):
+        pinned, teacher_run = recorded, None
+    else:
+        try:
+            pinned, teacher_run = tracking.pin_model_version(spec.mlflow.tracking_uri, source)
+        except Exception as err:
+            raise UserInputError(f"teacher.weights: {source}: {str(err)[:300]}") from None
+    if pinned != source:
+        run = f" (MLflow run {teacher_run})" if teacher_run else ""
+        logger.info(f"teacher {source} is {pinned}{run} for this run")
+    teacher = spec.teacher.model_copy(update={"weights": pinned})
+    return spec.model_copy(update={"teacher": teacher})
+
+
 def run_experiment(
     spec: ExperimentSpec,
     run_name: str = "default",
@@ -77,6 +105,9 @@ def run_experiment(
     storage_path: str | Path = "runs",
 ) -> RunResult:
     """Run `spec` (already resolved to absolute paths) end to end and return the summary."""
+    problem = name_problem(run_name, "run name")
+    if problem:
+        raise UserInputError(problem)
     started = time.monotonic()
     preflight(spec)
     run_key = f"{spec.name}-{run_name}"
@@ -89,6 +120,7 @@ def run_experiment(
     if restart or not resumable:
         shutil.rmtree(storage / run_key, ignore_errors=True)
         tracking.delete_runs_with_key(uri, experiment_id, run_key)
+    spec = pin_teacher(spec)
     tags = {
         "architecture": spec.student.architecture,
         "method": spec.distill.method,
@@ -96,6 +128,8 @@ def run_experiment(
         "git_commit": tracking.git_commit(Path(__file__).parent),
     }
     run_id, resumed = tracking.find_or_create_run(uri, experiment_id, run_key, run_key, tags)
+    if resumed:  # the teacher the run started with, whatever the name points at now
+        spec = pin_teacher(spec, tracking.run_tag(uri, run_id, "teacher"))
     run_logger = tracking.RunLogger(uri, run_id)
     ACTIVE_RUNS.append(run_logger)
     if not resumed:
@@ -127,8 +161,15 @@ def run_experiment(
         raise
     best = best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
     version, model_file = None, None
-    if best is not None:
+    completed = (result.metrics or {}).get("epoch") == spec.train.epochs
+    if resumed and tracking.has_model(uri, run_id):  # a finished run, run again: keep its model
+        logger.info(f"run {run_key} has finished before; its exported model stays as it is")
+    elif best is not None and completed:  # never register a model from a run that trained nothing
         version, model_file = export_checkpoint(spec, best, run_logger, uri, run_id)
+    elif best is not None:
+        logger.warning(
+            f"run {run_key} did not complete its {spec.train.epochs} epochs: not exported"
+        )
     run_logger.finish()
     ACTIVE_RUNS.remove(run_logger)
     metrics = dict(result.metrics or {})

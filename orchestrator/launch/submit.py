@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -51,6 +52,11 @@ def remote_tracking_uri(spec: ExperimentSpec, source: str) -> str:
     )
 
 
+def redact_url_credentials(text: str) -> str:
+    """`scheme://user:pass@host` -> `scheme://***@host` wherever it appears in `text`."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
+
+
 class Client:
     """A JobSubmissionClient that carries the token and never shows it."""
 
@@ -66,6 +72,7 @@ class Client:
                 "RAY_ADDRESS)"
             )
         self.address = address.rstrip("/")
+        self.shown_address = redact_url_credentials(self.address)  # for messages
         self._secret = None
         headers = None
         if token_file is not None:
@@ -82,11 +89,13 @@ class Client:
             self.jobs = JobSubmissionClient(self.address, headers=headers)
         except Exception as err:
             raise UserInputError(
-                f"--address: cannot reach the Ray dashboard at {self.address}: "
+                f"--address: cannot reach the Ray dashboard at {self.shown_address}: "
                 f"{self.redact(str(err))[:300]}"
             ) from None
 
     def redact(self, text: str) -> str:
+        """`text` without the token and without credentials written into a URL."""
+        text = redact_url_credentials(text)
         return text.replace(self._secret, "***") if self._secret else text
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -161,9 +170,11 @@ def submit(
     )
     shutil.rmtree(folder, ignore_errors=True)
     logger.info(f"submitted job {job_id}")
-    logger.info(f"  dashboard: {client.address}/#/jobs/{job_id}")
+    logger.info(f"  dashboard: {client.shown_address}/#/jobs/{job_id}")
     logger.info(f"  MLflow:    experiment {experiment!r} at {uri}")
-    logger.info(f"  follow:    detrdistill jobs logs {job_id} --follow --address {client.address}")
+    logger.info(
+        f"  follow:    detrdistill jobs logs {job_id} --follow --address {client.shown_address}"
+    )
     if not wait:
         return 0
     return follow(client, job_id)

@@ -36,6 +36,7 @@ from orchestrator.launch.trials import (
 )
 from orchestrator.launch.tune_objects import param_space, tune_scheduler, tune_searcher
 from orchestrator.spec.params import flatten_params, spec_to_yaml
+from orchestrator.spec.paths import name_problem
 from orchestrator.spec.sections import ExperimentSpec
 
 logger = logging.getLogger("detrdistill")
@@ -115,6 +116,9 @@ def run_sweep(
 
     if spec.tune is None:
         raise UserInputError(f"{spec.name}: no 'tune' section; add one to sweep this experiment")
+    problem = name_problem(run_name, "run name")
+    if problem:
+        raise UserInputError(problem)
     started = time.monotonic()
     spec = _with_trial_resources(spec)
     preflight(spec)

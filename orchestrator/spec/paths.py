@@ -9,6 +9,19 @@ from pathlib import Path
 
 from orchestrator.spec.sections import ExperimentSpec
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def name_problem(value: str, what: str) -> str | None:
+    """Why `value` cannot name a run (it becomes a folder and an MLflow tag), or None: letters,
+    digits, '_', '.', '-', starting with a letter or digit, no '..', at most 128 characters."""
+    if SAFE_NAME.match(value) and ".." not in value:
+        return None
+    return (
+        f"{what} {value!r}: use letters, digits, '_', '.' and '-' only, starting with a letter "
+        "or digit, without '..' (it names a folder under --storage and an MLflow run)"
+    )
+
 
 def default_tracking_uri(base_dir: str | Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI when set, else `sqlite:///<base_dir or cwd>/mlflow.db` (absolute)."""

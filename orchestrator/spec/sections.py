@@ -33,7 +33,7 @@ class SyntheticData(StrictConfig):
     """The generated shapes dataset, created on first use under `cache_dir`."""
 
     kind: Literal["synthetic"] = "synthetic"
-    train_images: NonNegInt = 64
+    train_images: PositiveInt = 64
     val_images: PositiveInt = 16
     image_size: Annotated[int, Field(ge=32)] = 128
     classes: Annotated[int, Field(ge=1, le=8)] = 3

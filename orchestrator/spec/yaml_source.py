@@ -25,10 +25,56 @@ SpecYamlLoader.add_implicit_resolver(
 )
 
 
+MAX_EXPANDED_NODES = 100_000  # a real spec has a few hundred; aliases may not multiply that
+
+
+def expanded_size(root: yaml.Node) -> int | None:
+    """How many nodes the document has once every alias is expanded (shared nodes counted at
+    each use), or None for a recursive alias. Memoised, so an alias bomb costs no more than
+    its text."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(node: yaml.Node) -> int | None:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in on_path:
+            return None
+        on_path.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        total = 1
+        for child in children:
+            inner = size(child)
+            if inner is None:
+                return None
+            total += inner
+        on_path.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
 def parse_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
+    """(data, root node) of a spec's text; SpecError for invalid YAML and for documents whose
+    aliases expand beyond MAX_EXPANDED_NODES (or refer to themselves)."""
     loader = SpecYamlLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            count = expanded_size(root)
+            if count is None or count > MAX_EXPANDED_NODES:
+                shown = "refers to itself" if count is None else f"expands to {count:,} nodes"
+                message = (
+                    f"refused: the document {shown} through YAML aliases (at most "
+                    f"{MAX_EXPANDED_NODES:,}); write the values out instead of nesting aliases"
+                )
+                raise SpecError([Problem(where, None, "", message)])
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
