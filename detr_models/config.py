@@ -29,20 +29,22 @@ class ModelConfig(StrictConfig):
     settings; each architecture's class adds or changes its own, and declares `architecture`
     (the tag of the union, last in the field order that messages list)."""
 
-    num_classes: PositiveInt | None = Field(
+    # upper bounds far above any published detector: a config read from a file can't ask for
+    # a model that would not fit in memory
+    num_classes: Annotated[int, Field(gt=0, le=100_000)] | None = Field(
         None, description="number of real classes; omitted = taken from the dataset"
     )
     backbone: Literal["tiny", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     backbone_weights: str | None = Field(None, description="local torchvision ResNet state dict")
     frozen_stages: Annotated[int, Field(ge=-1, le=4)] = 1
-    tiny_width: PositiveInt = 32
+    tiny_width: Annotated[int, Field(gt=0, le=1024)] = 32
     levels: list[Level] = Field(default_factory=lambda: ["C5"], min_length=1)
-    hidden_dim: PositiveInt = 256
-    num_heads: PositiveInt = 8
-    encoder_layers: NonNegInt = 6
-    decoder_layers: PositiveInt = 6
-    ffn_dim: PositiveInt = 2048
-    num_queries: PositiveInt = 100
+    hidden_dim: Annotated[int, Field(gt=0, le=4096)] = 256
+    num_heads: Annotated[int, Field(gt=0, le=64)] = 8
+    encoder_layers: Annotated[int, Field(ge=0, le=48)] = 6
+    decoder_layers: Annotated[int, Field(gt=0, le=48)] = 6
+    ffn_dim: Annotated[int, Field(gt=0, le=32768)] = 2048
+    num_queries: Annotated[int, Field(gt=0, le=10_000)] = 100
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
     @model_validator(mode="after")
@@ -80,14 +82,14 @@ class ConditionalDetrConfig(ModelConfig):
     """Conditional DETR: reference points and conditional spatial queries."""
 
     architecture: Literal["conditional_detr"] = "conditional_detr"
-    num_queries: PositiveInt = 300
+    num_queries: Annotated[int, Field(gt=0, le=10_000)] = 300
 
 
 class DabDetrConfig(ModelConfig):
     """DAB-DETR: anchor-box queries refined stage by stage."""
 
     architecture: Literal["dab_detr"] = "dab_detr"
-    num_queries: PositiveInt = 300
+    num_queries: Annotated[int, Field(gt=0, le=10_000)] = 300
 
     @property
     def query_kind(self) -> str:
@@ -100,10 +102,10 @@ class DeformableDetrConfig(ModelConfig):
 
     architecture: Literal["deformable_detr"] = "deformable_detr"
     levels: list[Level] = Field(default_factory=lambda: ["C3", "C4", "C5"], min_length=1)
-    num_queries: PositiveInt = 300
-    ffn_dim: PositiveInt = 1024
-    num_feature_levels: PositiveInt = 4
-    num_points: PositiveInt = 4
+    num_queries: Annotated[int, Field(gt=0, le=10_000)] = 300
+    ffn_dim: Annotated[int, Field(gt=0, le=32768)] = 1024
+    num_feature_levels: Annotated[int, Field(gt=0, le=8)] = 4
+    num_points: Annotated[int, Field(gt=0, le=32)] = 4
     box_refine: bool = False
     two_stage: bool = False
     anchor_queries: bool = False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -256,11 +255,10 @@ def _requirements() -> list[str]:
     ]
 
 
-def download(uri: str, source: str) -> Path:
-    """Download `models:/...` or `runs:/...` to a local temporary folder and return its path."""
+def download(uri: str, source: str, folder: Path) -> Path:
+    """Download `models:/...` or `runs:/...` into `folder` and return the local path."""
     mlflow.set_tracking_uri(uri)
-    target = tempfile.mkdtemp(prefix="detrdistill-")
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=target))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder)))
 
 
 def metric_vs_params_figure(rows: list[dict[str, Any]], metric: str) -> Any:

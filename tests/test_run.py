@@ -3,7 +3,9 @@
 import json
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +20,12 @@ from orchestrator.training.model_source import load_model
 
 def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     spec = tiny_spec(tmp_path)
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("detrdistill-*"))
     result = run_experiment(spec, storage_path=tmp_path / "runs")
+    # the exported file stays in the run's own folder; nothing is left in the temp directory
+    assert result.model_file == tmp_path / "runs" / "tiny-default" / "export" / "model.pt"
+    assert set(temp.glob("detrdistill-*")) == before
     client = MlflowClient(spec.mlflow.tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"

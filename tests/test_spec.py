@@ -199,6 +199,10 @@ def test_a_bad_override_value_names_the_override(capsys):
         ("optim.lr=[1,", "value is not valid YAML"),
         ("data.train_scales.7=5", "data.train_scales is a list of 3; '7' is not an index"),
         ("optim.lr.x=5", "cannot set inside optim.lr: it is 0.001, not a mapping"),
+        ("train.loss.stage_weights.0=2", "train.loss.stage_weights is not a list in this spec"),
+        # a path the file does not have is the override's fault, not a line of the file
+        ("student.foo.bar=2", "student.foo: unknown field"),
+        ("distill.logits.weight=2", "distill.logits: unknown field; allowed: method"),
     ],
 )
 def test_malformed_overrides(override, message, capsys):

@@ -73,3 +73,13 @@ def test_a_truncated_file_is_a_clear_error(tmp_path):
     with pytest.raises(UserInputError, match=r"model\.pt: not a readable weights file"):
         checkpoints.read_model_file(path)
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_a_model_file_asking_for_a_huge_model_is_refused_before_building(tmp_path):
+    config = tiny_config("detr")
+    path = checkpoints.save_model_file(tmp_path / "model.pt", build_model(config), config)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["hidden_dim"] = 10**9  # would try to allocate hundreds of GB
+    torch.save(payload, path)
+    with pytest.raises(UserInputError, match=r"model config in this file is not valid.*hidden_dim"):
+        load_model(str(path))

@@ -43,7 +43,7 @@ def add_override_option(parser: argparse.ArgumentParser, what: str = "a spec fie
         default=[],
         metavar="PATH=VALUE",
         help=f"override {what} by its dotted path, e.g. --set optim.lr=1e-4 "
-        "--set train.loss.stage_weights.0=2 (repeatable; VALUE is read as YAML)",
+        "--set train.epochs=2 --set data.crop_resize=[400,500] (repeatable; VALUE is read as YAML)",
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +51,14 @@ def best_checkpoint(result: Any, metric: str, mode: str) -> Any:
 
 
 def export_checkpoint(
-    spec: ExperimentSpec, checkpoint: Any, run_logger: Any, uri: str, run_id: str
+    spec: ExperimentSpec, checkpoint: Any, run_logger: Any, uri: str, run_id: str, folder: Path
 ) -> tuple[str | None, Path]:
     """Log the run's curves, the chosen model of `checkpoint` (a Ray Checkpoint) as a plain
     model file and as an MLflow model, registered under `mlflow.register_as`.
+    The plain file is kept in `folder` (the run's own place under --storage).
     Returns (registered version or None, the local model file)."""
-    export_dir = Path(tempfile.mkdtemp(prefix="detrdistill-export-"))
+    export_dir = Path(folder)
+    export_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as path:
         state = checkpoints.load_training_state(path)
         choice = export_choice(

@@ -165,7 +165,9 @@ def run_experiment(
     if resumed and tracking.has_model(uri, run_id):  # a finished run, run again: keep its model
         logger.info(f"run {run_key} has finished before; its exported model stays as it is")
     elif best is not None and completed:  # never register a model from a run that trained nothing
-        version, model_file = export_checkpoint(spec, best, run_logger, uri, run_id)
+        version, model_file = export_checkpoint(
+            spec, best, run_logger, uri, run_id, storage / run_key / "export"
+        )
     elif best is not None:
         logger.warning(
             f"run {run_key} did not complete its {spec.train.epochs} epochs: not exported"

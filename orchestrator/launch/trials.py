@@ -72,7 +72,9 @@ def train_in_tune_trial(config: dict, context: dict) -> None:
     logger = tracking.RunLogger(context["uri"], run_id)
     best = best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
     if best is not None:
-        export_checkpoint(spec, best, logger, context["uri"], run_id)
+        export_checkpoint(
+            spec, best, logger, context["uri"], run_id, _export_folder(context, trial_id)
+        )
     logger.finish()
 
 
@@ -95,7 +97,9 @@ def pbt_trial(config: dict, context: dict) -> None:
     logger = logger_factory()
     if reporter.last_checkpoint_dir is not None:
         checkpoint = ray.tune.Checkpoint.from_directory(str(reporter.last_checkpoint_dir))
-        export_checkpoint(spec, checkpoint, logger, context["uri"], run_id)
+        export_checkpoint(
+            spec, checkpoint, logger, context["uri"], run_id, _export_folder(context, trial_id)
+        )
     logger.finish()
 
 
@@ -122,4 +126,10 @@ def export_stopped_trial(context: dict, row: dict, run_id: str) -> None:
     _, path = pick(scored, key=lambda item: item[0])
     logger = tracking.RunLogger(context["uri"], run_id)
     checkpoint = ray.train.Checkpoint.from_directory(str(path))
-    export_checkpoint(spec, checkpoint, logger, context["uri"], run_id)
+    folder = _export_folder(context, row["trial_id"])
+    export_checkpoint(spec, checkpoint, logger, context["uri"], run_id, folder)
+
+
+def _export_folder(context: dict, trial_id: str) -> Path:
+    """Where a trial's exported model file stays: in the sweep's own folder under --storage."""
+    return Path(context["storage"]) / context["sweep_key"] / "export" / trial_id

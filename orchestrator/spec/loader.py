@@ -110,7 +110,8 @@ def _problem(
     dotted = ".".join(str(part) for part in path)
     parts = tuple(str(part) for part in path)
     for override in reversed(applied):  # the last override of a path is the one that counts
-        if parts[: len(override.path)] == override.path:
+        depth = min(len(parts), len(override.path))
+        if parts and parts[:depth] == override.path[:depth]:  # inside it, or on its way
             return Problem(f"--set {override.text}", None, dotted, message)
     return Problem(where, line_of(root, path), dotted, message)
 

@@ -52,6 +52,13 @@ def apply_override(data: dict[str, Any], override: Override) -> Problem | None:
             container[key] = override.value
             return None
         child = container[key] if isinstance(container, list) else container.get(key)
+        if child is None and override.path[depth + 1].isdigit():
+            inner = ".".join(override.path[: depth + 1])
+            message = (
+                f"{inner} is not a list in this spec, so it has no item "
+                f"{override.path[depth + 1]}; give the whole list, e.g. --set {inner}=[1, 2]"
+            )
+            return Problem(where, None, "", message)
         if child is None:
             child = container[key] = {}
         elif not isinstance(child, dict | list):

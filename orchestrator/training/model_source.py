@@ -4,6 +4,7 @@ with `torch.load(weights_only=True)`; no pickled code is ever executed to load w
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -41,8 +42,8 @@ def check_source_syntax(source: str) -> str | None:
     return None
 
 
-def resolve_model_file(source: str, tracking_uri: str | None = None) -> Path:
-    """A local plain model file for `source` (downloading from MLflow when it is a URI)."""
+def resolve_model_file(source: str, tracking_uri: str | None, folder: Path) -> Path:
+    """A local plain model file for `source` (downloaded into `folder` when it is a URI)."""
     problem = check_source_syntax(source)
     if problem:
         raise UserInputError(problem)
@@ -51,7 +52,7 @@ def resolve_model_file(source: str, tracking_uri: str | None = None) -> Path:
     from orchestrator.tracking import download  # mlflow is slow to import: only when needed
 
     try:
-        local = download(tracking_uri or default_tracking_uri(), source)
+        local = download(tracking_uri or default_tracking_uri(), source, folder)
     except Exception as err:
         raise UserInputError(
             f"cannot fetch {source} from MLflow: {str(err).splitlines()[0][:300]}"
@@ -69,12 +70,19 @@ def load_model(
 ) -> tuple[nn.Module, dict]:
     """Build and load a model from any source. With `config`, the weights must fit it exactly
     (a mismatch names the keys); without, the file's own config is used."""
-    path = resolve_model_file(source, tracking_uri)
-    payload = read_model_file(path)
+    with tempfile.TemporaryDirectory(prefix="detrdistill-download-") as folder:
+        payload = read_model_file(resolve_model_file(source, tracking_uri, Path(folder)))
     if config is None:
         if payload["config"] is None:
             raise UserInputError(f"{source}: a bare state dict carries no model config; give one")
-        config = model_config_from_dict(payload["config"])
+        try:
+            config = model_config_from_dict(payload["config"])
+        except (ValueError, TypeError) as err:  # pydantic's ValidationError is a ValueError
+            first = str(err).splitlines()
+            raise UserInputError(
+                f"{source}: the model config in this file is not valid: "
+                + "; ".join(line.strip() for line in first[:4])
+            ) from None
     model = build_model(config)
     load_weights(model, payload["state_dict"], source)
     return model, payload
