@@ -13,3 +13,11 @@ class DatasetError(UserInputError):
 
 
 EXIT_BAD_INPUT = 2  # the CLI's exit code for a UserInputError
+
+
+class RunFailed(RuntimeError):
+    """A run that ended in a known way (divergence, ...): the CLI prints the message, which
+    says what happened and what to try, and exits 1 without a traceback."""
+
+
+DIVERGED = "training diverged"  # how the engine's divergence message starts (found through Ray)

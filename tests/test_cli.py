@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -100,3 +101,16 @@ def test_the_library_log_reaches_stdout_once(capsys):
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["epoch 1 validation"]
     assert captured.err.splitlines() == ["warning: the model was trained on other category ids"]
+
+
+def test_check_scores_the_ground_truth_training_sees(small_coco, capsys):
+    # small_coco has two degenerate boxes (zero width, outside the image) that training drops;
+    # evaluation must drop them too, or the ground truth itself could never reach AP 1.0
+    images, annotations = small_coco
+    code = main(
+        ["data", "check", "--images", str(images), "--annotations", str(annotations)]
+        + ["--size", "64", "--max-size", "100"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "distorted" not in out
+    assert re.search(r"AP\s+1\.000", out), out

@@ -87,3 +87,34 @@ def test_a_floating_teacher_reference_is_pinned_to_one_version(tmp_path, tiny_sp
     # a resumed run keeps the version it started with, whatever `latest` is now
     kept = pin_teacher(with_teacher, recorded="models:/teacher/1")
     assert kept.teacher.weights == "models:/teacher/1"
+
+
+def test_divergence_ends_the_run_failed_with_one_message(tmp_path, capsys, tiny_spec_dict):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    data = tiny_spec_dict(tmp_path, name="diverge", register_as=None, **{"optim.lr": 1e30})
+    data["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    code = main(["run", str(spec), "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 1
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "training diverged: the loss is nan at epoch 1 iteration" in line
+    assert "Try a lower optim.lr (now 1e+30)" in line and "Traceback" not in err
+    client = MlflowClient(data["mlflow"]["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("diverge").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_unusable_storage_is_refused_before_ray_starts(tmp_path, capsys, tiny_spec):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    spec = tiny_spec(tmp_path)
+    with pytest.raises(UserInputError, match=r"--storage .*file/runs: cannot write there"):
+        run_experiment(spec, storage_path=not_a_folder / "runs")
+    blocked = spec.model_copy(deep=True)
+    blocked.mlflow.tracking_uri = f"sqlite:///{not_a_folder}/mlflow.db"
+    with pytest.raises(UserInputError, match=r"MLflow artifacts .*file/mlartifacts: cannot write"):
+        run_experiment(blocked, storage_path=tmp_path / "runs")

@@ -15,7 +15,7 @@ from orchestrator.cli.model_commands import add_model_commands
 from orchestrator.cli.run_commands import add_run_commands
 from orchestrator.cli.spec_commands import add_spec_commands
 from orchestrator.console import configure_console
-from orchestrator.errors import EXIT_BAD_INPUT, UserInputError
+from orchestrator.errors import EXIT_BAD_INPUT, RunFailed, UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserInputError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

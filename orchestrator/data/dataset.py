@@ -118,10 +118,6 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DatasetError(
                 f"{self.images_dir}: image folder not found (annotations: {self.annotations_file})"
             )
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco = COCO()
-            self.coco.dataset = data
-            self.coco.createIndex()
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.label_to_category: list[int] = [c["id"] for c in categories]
         self.category_to_label = {cid: k for k, cid in enumerate(self.label_to_category)}
@@ -129,7 +125,13 @@ class CocoDetection(torch.utils.data.Dataset):
         self.images = sorted(data["images"], key=lambda im: im["id"])
         self._check_image_files(verify_images)
         self.image_ids = [im["id"] for im in self.images]
-        self._boxes, self._labels = self._build_targets(data["annotations"])
+        self._boxes, self._labels, kept = self._build_targets(data["annotations"])
+        # evaluation sees the ground truth training sees: dropped degenerate boxes are gone
+        # (crowd boxes stay, COCOeval ignores them)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco = COCO()
+            self.coco.dataset = {**data, "annotations": kept}
+            self.coco.createIndex()
 
     @property
     def num_classes(self) -> int:
@@ -163,13 +165,16 @@ class CocoDetection(torch.utils.data.Dataset):
                     f"{im['width']}x{im['height']} (image id {im['id']}); fix the json"
                 )
 
-    def _build_targets(self, annotations: list[dict]) -> tuple[dict, dict]:
+    def _build_targets(self, annotations: list[dict]) -> tuple[dict, dict, list[dict]]:
+        """(boxes, labels) per image id, and the annotations kept (crowd ones included)."""
         sizes = {im["id"]: (im["width"], im["height"]) for im in self.images}
         boxes: dict[int, list] = {i: [] for i in sizes}
         labels: dict[int, list] = {i: [] for i in sizes}
         dropped: list = []
+        kept: list[dict] = []
         for ann in annotations:
             if ann.get("iscrowd", 0):
+                kept.append(ann)
                 continue
             width, height = sizes[ann["image_id"]]
             x, y, w, h = ann["bbox"]
@@ -178,6 +183,7 @@ class CocoDetection(torch.utils.data.Dataset):
             if x1 <= x0 or y1 <= y0:
                 dropped.append(ann.get("id", "?"))
                 continue
+            kept.append(ann)
             boxes[ann["image_id"]].append((x0, y0, x1, y1))
             labels[ann["image_id"]].append(self.category_to_label[ann["category_id"]])
         self.num_dropped = len(dropped)
@@ -192,7 +198,7 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         as_boxes = {i: np.asarray(b, dtype=np.float32).reshape(-1, 4) for i, b in boxes.items()}
         as_labels = {i: np.asarray(v, dtype=np.int64) for i, v in labels.items()}
-        return as_boxes, as_labels
+        return as_boxes, as_labels, kept
 
     def load_image(self, index: int) -> Image.Image:
         """The RGB image of item `index` (grayscale, palette and RGBA are converted)."""

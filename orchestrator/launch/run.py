@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.data.build import build_datasets
-from orchestrator.errors import UserInputError
+from orchestrator.errors import DIVERGED, RunFailed, UserInputError
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
 from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
 from orchestrator.launch.worker import build_trainer
@@ -76,6 +76,20 @@ def preflight(spec: ExperimentSpec) -> int:
     return k
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and write a probe file in it: a clear error naming the path
+    now, not an OSError from deep inside Ray or MLflow later."""
+    probe = folder / f".detrdistill-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserInputError(
+            f"{what} {folder}: cannot write there ({err.strerror or err}); give a writable folder"
+        ) from None
+
+
 def pin_teacher(spec: ExperimentSpec, recorded: str | None = None) -> ExperimentSpec:
     """The spec with a registered teacher fixed to one version (`models:/name/latest` or an
     alias resolved now; `recorded`, the version a resumed run started with, wins), so that a
@@ -97,6 +111,24 @@ def pin_teacher(spec: ExperimentSpec, recorded: str | None = None) -> Experiment
     return spec.model_copy(update={"teacher": teacher})
 
 
+def diverged_message(err: BaseException, folder: Path, spec: ExperimentSpec) -> str | None:
+    """One message for a run that diverged (found in a Ray error's text), or None: where,
+    which terms, the last good checkpoint, and what to try."""
+    text = str(err)
+    start = text.find(DIVERGED)
+    if start < 0:
+        return None
+    what = text[start:].split(")", 1)[0] + ")"
+    saved = sorted(folder.glob("checkpoint_*"))
+    last = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written"
+    return (
+        f"{what}; {last}. Try a lower optim.lr (now {spec.optim.lr:g}), a longer "
+        f"optim.warmup_iters (now {spec.optim.warmup_iters}), gradient clipping "
+        f"(optim.clip_grad_norm, now {spec.optim.clip_grad_norm:g}), then run again with "
+        "--restart or a new --run-name"
+    )
+
+
 def run_experiment(
     spec: ExperimentSpec,
     run_name: str = "default",
@@ -109,10 +141,14 @@ def run_experiment(
     if problem:
         raise UserInputError(problem)
     started = time.monotonic()
+    storage = Path(storage_path).resolve()
+    check_writable(storage, "--storage")
+    uri = spec.mlflow.tracking_uri
+    artifacts = tracking.artifact_root(uri)
+    if artifacts is not None:
+        check_writable(Path(artifacts.removeprefix("file://")), "MLflow artifacts")
     preflight(spec)
     run_key = f"{spec.name}-{run_name}"
-    storage = Path(storage_path).resolve()
-    uri = spec.mlflow.tracking_uri
     experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
     # an MLflow run is continued only when Ray has checkpoints to resume it from (in-process
     # runs, num_workers 0, keep none): otherwise its metrics would be logged twice
@@ -156,8 +192,12 @@ def run_experiment(
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `detrdistill jobs stop` (see the CLI)
         close_active_runs("KILLED")
         raise
-    except Exception:
+    except Exception as err:
         run_logger.finish("FAILED")
+        ACTIVE_RUNS.remove(run_logger)
+        diverged = diverged_message(err, storage / run_key, spec)
+        if diverged:
+            raise RunFailed(diverged) from None
         raise
     best = best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
     version, model_file = None, None

@@ -25,7 +25,7 @@ from typing import Any
 from orchestrator import tracking
 from orchestrator.console import is_verbose
 from orchestrator.errors import UserInputError
-from orchestrator.launch.run import preflight
+from orchestrator.launch.run import check_writable, preflight
 from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
 from orchestrator.launch.sweep_results import format_results, results_rows
 from orchestrator.launch.trials import (
@@ -125,6 +125,7 @@ def run_sweep(
     pbt = spec.tune.scheduler.kind == "pbt"
     sweep_key = f"{spec.name}-sweep-{run_name}"
     storage = Path(storage_path).resolve()
+    check_writable(storage, "--storage")
     uri = spec.mlflow.tracking_uri
     experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
     restorable = tune.Tuner.can_restore(str(storage / sweep_key))

@@ -16,6 +16,7 @@ from detr_models.batch import Batch
 from detr_models.build import unwrap
 from detr_models.postprocess import PostProcess
 from distill.objective import Progress, TrainingObjective
+from orchestrator.errors import DIVERGED
 from orchestrator.evaluation.coco import CocoEvaluator
 
 
@@ -72,9 +73,10 @@ def train_one_epoch(
             losses, diagnostics = objective(model, batch, progress)
         loss = sum(losses.values())
         if not _finite_everywhere(loss):
+            bad = [f"{k}={v.item():.4g}" for k, v in losses.items() if not torch.isfinite(v)]
             raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {epoch} iteration {iteration}: "
-                + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                f"{DIVERGED}: the loss is {loss.item()} at epoch {epoch + 1} iteration "
+                f"{iteration + 1} of {total_iters} (non-finite terms: {', '.join(bad) or 'on another worker'})"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
