@@ -107,10 +107,8 @@ def test_check_scores_the_ground_truth_training_sees(small_coco, capsys):
     # small_coco has two degenerate boxes (zero width, outside the image) that training drops;
     # evaluation must drop them too, or the ground truth itself could never reach AP 1.0
     images, annotations = small_coco
-    code = main(
-        ["data", "check", "--images", str(images), "--annotations", str(annotations)]
-        + ["--size", "64", "--max-size", "100"]
-    )
+    args = ["--images", str(images), "--annotations", str(annotations), "--size", "64"]
+    code = main(["data", "check", *args, "--max-size", "100"])
     out = capsys.readouterr().out
     assert code == 0 and "distorted" not in out
     assert re.search(r"AP\s+1\.000", out), out
