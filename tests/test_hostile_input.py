@@ -118,3 +118,20 @@ def test_unusable_storage_is_refused_before_ray_starts(tmp_path, capsys, tiny_sp
     blocked.mlflow.tracking_uri = f"sqlite:///{not_a_folder}/mlflow.db"
     with pytest.raises(UserInputError, match=r"MLflow artifacts .*file/mlartifacts: cannot write"):
         run_experiment(blocked, storage_path=tmp_path / "runs")
+
+
+def test_resuming_with_a_spec_that_trains_differently_is_refused(tmp_path, tiny_spec):
+    from orchestrator.launch.resume import resume_changes, save_started_spec
+
+    spec = tiny_spec(tmp_path, name="honest", workers=1)
+    folder = tmp_path / "runs" / "honest-default"
+    save_started_spec(folder, spec)
+    (folder / "checkpoint_000000").mkdir()  # what Ray leaves after an epoch
+    edited = tiny_spec(tmp_path, name="honest", workers=1, **{"optim.lr": 0.5})
+    with pytest.raises(UserInputError) as info:
+        run_experiment(edited, storage_path=tmp_path / "runs")  # refused before Ray starts
+    message = str(info.value)
+    assert "optim.lr: 0.001 -> 0.5" in message and "--restart" in message
+    assert (folder / "checkpoint_000000").is_dir()  # nothing was deleted
+    longer = tiny_spec(tmp_path, name="honest", workers=1, epochs=4)
+    assert resume_changes(folder, longer, "honest-default") == ["train.epochs: 2 -> 4"]

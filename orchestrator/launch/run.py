@@ -17,6 +17,7 @@ from orchestrator import tracking
 from orchestrator.data.build import build_datasets
 from orchestrator.errors import DIVERGED, RunFailed, UserInputError
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
+from orchestrator.launch.resume import resume_changes, save_started_spec
 from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
 from orchestrator.launch.worker import build_trainer
 from orchestrator.spec.params import flatten_params, spec_to_yaml
@@ -153,9 +154,11 @@ def run_experiment(
     # an MLflow run is continued only when Ray has checkpoints to resume it from (in-process
     # runs, num_workers 0, keep none): otherwise its metrics would be logged twice
     resumable = spec.scaling.num_workers > 0 and any((storage / run_key).glob("checkpoint_*"))
+    changes = resume_changes(storage / run_key, spec, run_key) if resumable and not restart else []
     if restart or not resumable:
         shutil.rmtree(storage / run_key, ignore_errors=True)
         tracking.delete_runs_with_key(uri, experiment_id, run_key)
+        save_started_spec(storage / run_key, spec)
     spec = pin_teacher(spec)
     tags = {
         "architecture": spec.student.architecture,
@@ -175,6 +178,9 @@ def run_experiment(
         f"{'resuming' if resumed else 'starting'} run {run_key} (MLflow run {run_id}, "
         f"experiment {spec.mlflow.experiment}, {uri})"
     )
+    if changes:
+        logger.info("changed since the run started: " + "; ".join(changes))
+        run_logger.text("\n".join(changes) + "\n", f"resume_changes_{int(time.time())}.txt")
     if spec.scaling.num_workers > 0:
         init_ray(address)
     trainer = build_trainer(
