@@ -131,3 +131,32 @@ def test_verify_images_catches_size_mismatch_and_corrupt_file(small_coco):
     (images_dir / "c.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"c\.png: cannot read image \(image id 12\)"):
         CocoDetection(images_dir, ann_file, verify_images=True)
+
+
+def test_a_truncated_image_is_skipped_counted_and_logged(tmp_path, caplog):
+    images = [
+        {"id": i, "file_name": f"{i}.png", "width": 40, "height": 30} for i in range(1, 4)
+    ]
+    images_dir, annotations = write_coco(tmp_path, images, [])
+    broken = images_dir / "2.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # the header survives, the pixels do not
+    dataset = CocoDetection(images_dir, annotations, verify_images=True)  # headers are fine
+    with caplog.at_level(logging.WARNING, logger="detrdistill"):
+        _, target = dataset[1]
+    assert target["image_id"] == 3 and dataset.broken == {1}
+    assert any("2.png: cannot read image" in r.getMessage() for r in caplog.records)
+    strict = CocoDetection(images_dir, annotations, skip_broken=False)
+    with pytest.raises(DatasetError, match=r"2\.png: cannot read image \(image id 2\)"):
+        strict[1]
+
+
+def test_too_many_broken_images_stop_with_one_message(tmp_path):
+    images = [
+        {"id": i, "file_name": f"{i}.png", "width": 20, "height": 20} for i in range(1, 13)
+    ]
+    images_dir, annotations = write_coco(tmp_path, images, [])
+    for i in range(1, 12):
+        (images_dir / f"{i}.png").write_bytes(b"not a png at all")
+    dataset = CocoDetection(images_dir, annotations)
+    with pytest.raises(DatasetError, match="11 images cannot be decoded; stopping"):
+        dataset[0]

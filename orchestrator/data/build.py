@@ -30,8 +30,11 @@ def data_paths(data: DataSpec) -> dict[str, tuple[Path, Path]]:
     }
 
 
-def build_datasets(data: DataSpec) -> tuple[CocoDetection, CocoDetection]:
-    """(train, val) datasets with the spec's transforms."""
+def build_datasets(
+    data: DataSpec, verify_images: bool = False
+) -> tuple[CocoDetection, CocoDetection]:
+    """(train, val) datasets with the spec's transforms; `verify_images` opens every image's
+    header first (a missing, foreign or mis-sized file is an error before training starts)."""
     paths = data_paths(data)
     train_tf = train_transforms(
         scales=data.train_scales,
@@ -39,6 +42,10 @@ def build_datasets(data: DataSpec) -> tuple[CocoDetection, CocoDetection]:
         crop_resize=data.crop_resize if data.crop else None,
         crop_size=data.crop_size,
     )
-    train = CocoDetection(*paths["train"], transforms=train_tf)
-    val = CocoDetection(*paths["val"], transforms=eval_transforms(data.eval_size, data.max_size))
+    train = CocoDetection(*paths["train"], transforms=train_tf, verify_images=verify_images)
+    val = CocoDetection(
+        *paths["val"],
+        transforms=eval_transforms(data.eval_size, data.max_size),
+        verify_images=verify_images,
+    )
     return train, val

@@ -93,6 +93,10 @@ def _check_entries(path: Path, data: dict[str, Any]) -> None:
             )
 
 
+MAX_BROKEN_IMAGES = 10  # undecodable images a run skips before it stops...
+MAX_BROKEN_SHARE = 0.01  # ...or this share of the dataset, whichever is larger
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO detection dataset with contiguous labels and DETR-style targets.
 
@@ -109,7 +113,10 @@ class CocoDetection(torch.utils.data.Dataset):
         annotations_file: str | Path,
         transforms: Transform | None = None,
         verify_images: bool = False,
+        skip_broken: bool = True,
     ) -> None:
+        self.skip_broken = skip_broken
+        self.broken: set[int] = set()  # indices that failed to decode (this process)
         self.images_dir = Path(images_dir)
         self.annotations_file = Path(annotations_file)
         self.transforms = transforms
@@ -220,6 +227,27 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._boxes[image_id], self._labels[image_id]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Item `index`; an image that fails to decode (a truncated file) is skipped for the
+        next one, logged and counted, unless `skip_broken` is off. Too many broken images
+        (more than 1% and more than 10) stop the run with one message."""
+        for step in range(len(self)):
+            i = (index + step) % len(self)
+            try:
+                return self._item(i)
+            except DatasetError as err:
+                if not self.skip_broken:
+                    raise
+                self.broken.add(i)
+                logger.warning(f"{err}; skipped ({len(self.broken)} broken image(s) so far)")
+                if len(self.broken) > max(MAX_BROKEN_IMAGES, MAX_BROKEN_SHARE * len(self)):
+                    raise DatasetError(
+                        f"{self.images_dir}: {len(self.broken)} images cannot be decoded; "
+                        "stopping. Run `detrdistill data check` on this dataset and fix or "
+                        "remove the broken files"
+                    ) from None
+        raise DatasetError(f"{self.images_dir}: no image of this dataset can be decoded")
+
+    def _item(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         img = self.load_image(index)
         width, height = img.size
         boxes, labels = self.raw_target(index)

@@ -106,7 +106,12 @@ def evaluate_ground_truth(
 
 
 def open_for_check(images: Path, annotations: Path, size: int, max_size: int) -> CocoDetection:
-    """Open with full image verification and the deterministic eval transform."""
+    """Open with full image verification and the deterministic eval transform; a file that
+    fails to decode is reported, not skipped."""
     return CocoDetection(
-        images, annotations, transforms=eval_transforms(size, max_size), verify_images=True
+        images,
+        annotations,
+        transforms=eval_transforms(size, max_size),
+        verify_images=True,
+        skip_broken=False,
     )

@@ -44,7 +44,7 @@ class RunResult:
 def preflight(spec: ExperimentSpec) -> int:
     """Checks that need files: datasets open, class counts agree, teacher weights fit.
     Returns the number of classes. Raises UserInputError naming the field."""
-    train_set, val_set = build_datasets(spec.data)
+    train_set, val_set = build_datasets(spec.data, verify_images=True)
     for split, dataset in (("train", train_set), ("val", val_set)):
         if len(dataset) == 0:
             raise UserInputError(
