@@ -168,6 +168,10 @@ class RunLogger:
         self.uri = uri
         self.run_id = run_id
         self.client = _client(uri)
+        # epochs this run logged before (an attempt that died after logging, before its
+        # checkpoint was kept): redone epochs are not logged a second time
+        history = self.client.get_metric_history(run_id, "epoch")
+        self.logged_until = max((m.step for m in history), default=0)
 
     def params(self, params: dict[str, str]) -> None:
         existing = self.client.get_run(self.run_id).data.params
@@ -176,6 +180,10 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=fresh[start : start + 100])
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log at `step` (an epoch; 0 for once-per-run values) unless that epoch is logged."""
+        if 0 < step <= self.logged_until:
+            logger.debug(f"epoch {step} is logged already; not logging it again")
+            return
         entries = [
             mlflow.entities.Metric(_metric_name(k), float(v), int(1000 * time.time()), step)
             for k, v in metrics.items()

@@ -134,9 +134,7 @@ def test_verify_images_catches_size_mismatch_and_corrupt_file(small_coco):
 
 
 def test_a_truncated_image_is_skipped_counted_and_logged(tmp_path, caplog):
-    images = [
-        {"id": i, "file_name": f"{i}.png", "width": 40, "height": 30} for i in range(1, 4)
-    ]
+    images = [{"id": i, "file_name": f"{i}.png", "width": 40, "height": 30} for i in range(1, 4)]
     images_dir, annotations = write_coco(tmp_path, images, [])
     broken = images_dir / "2.png"
     broken.write_bytes(broken.read_bytes()[:60])  # the header survives, the pixels do not
@@ -151,9 +149,7 @@ def test_a_truncated_image_is_skipped_counted_and_logged(tmp_path, caplog):
 
 
 def test_too_many_broken_images_stop_with_one_message(tmp_path):
-    images = [
-        {"id": i, "file_name": f"{i}.png", "width": 20, "height": 20} for i in range(1, 13)
-    ]
+    images = [{"id": i, "file_name": f"{i}.png", "width": 20, "height": 20} for i in range(1, 13)]
     images_dir, annotations = write_coco(tmp_path, images, [])
     for i in range(1, 12):
         (images_dir / f"{i}.png").write_bytes(b"not a png at all")

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.launch.run import run_experiment
 from orchestrator.training import checkpoints
-from orchestrator.training.fit import run_training
+from orchestrator.training.fit import fault_injector, run_training
 from orchestrator.training.reporters import LocalReporter
 
 OD = {"method": "od_detr", "ema": {"decay": 0.9}}
@@ -36,7 +36,7 @@ def test_resumed_run_has_the_same_ema_as_an_uninterrupted_one(tmp_path, od_spec)
     run_training(spec, clean)
     crashed = LocalReporter(tmp_path / "crash")
     with pytest.raises(RuntimeError, match="fault injected"):
-        run_training(spec, crashed, fault_after_epoch=1)
+        run_training(spec, crashed, fault=fault_injector("1"))
     resumed = LocalReporter(tmp_path / "resumed", resume=tmp_path / "crash" / "epoch_0001")
     run_training(spec, resumed)
     a = checkpoints.load_training_state(tmp_path / "clean" / "epoch_0002")["objective"]

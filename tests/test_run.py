@@ -136,7 +136,13 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monke
     clean_result = run_experiment(clean, storage_path=tmp_path / "a" / "runs")
     assert clean_result.metrics["epoch"] == 2
 
-    spec = tiny_spec(tmp_path / "b", name="crashy", workers=1, register_as="crashy")
+    spec = tiny_spec(
+        tmp_path / "b",
+        name="crashy",
+        workers=1,
+        register_as="crashy",
+        **{"scaling.max_failures": 0},  # the crash ends the run: resume by running again
+    )
     monkeypatch.setenv("DETRDISTILL_FAULT_AFTER_EPOCH", "1")
     with pytest.raises(Exception, match="fault injected after epoch 1"):
         run_experiment(spec, storage_path=tmp_path / "b" / "runs")
@@ -161,3 +167,17 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monke
     steps = [m.step for m in client.get_metric_history(resumed.mlflow_run_id, "train/loss")]
     assert steps == [1, 2]
     assert len(client.search_model_versions("name = 'crashy'")) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_worker_recovers_inside_the_same_run(tmp_path, ray_local, monkeypatch, tiny_spec):
+    spec = tiny_spec(tmp_path, name="killed", workers=1, register_as=None, epochs=3)
+    assert spec.scaling.max_failures == 2  # the default restarts a dead worker group
+    monkeypatch.setenv("DETRDISTILL_FAULT_AFTER_EPOCH", "kill:1")  # SIGKILL after epoch 1
+    result = run_experiment(spec, storage_path=tmp_path / "runs")
+    assert result.metrics["epoch"] == 3
+    client = MlflowClient(spec.mlflow.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == [1, 2, 3]  # each epoch logged once, none repeated after the restart

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from orchestrator.console import configure_console, is_verbose
 from orchestrator.spec.loader import load_spec_dict
 from orchestrator.spec.sections import ExperimentSpec
-from orchestrator.training.fit import default_device, run_training
+from orchestrator.training.fit import default_device, fault_injector, run_training
 
 
 class RayTrainReporter:
@@ -92,7 +92,9 @@ def train_worker(config: dict[str, Any]) -> None:
             return RunLogger(config["tracking_uri"], config["mlflow_run_id"])
 
     fault = config.get("fault_after_epoch")
-    run_training(spec, reporter, factory, int(fault) if fault else None, worker_device(spec))
+    # the fault hits the first attempt only: a restarted or resumed run goes on
+    hook = fault_injector(fault, Path(config["scratch_dir"]) / "fault-injected") if fault else None
+    run_training(spec, reporter, factory, hook, worker_device(spec))
 
 
 def build_trainer(

@@ -120,7 +120,11 @@ class ScalingSpec(StrictConfig):
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 2
     gpus_per_worker: PositiveFloat = 1
-    max_failures: NonNegInt = 0
+    max_failures: NonNegInt = Field(
+        2,
+        description="how many times Ray Train restarts the workers from the last checkpoint "
+        "when one dies, inside the same run (0: the first failure ends the run)",
+    )
 
 
 class CheckpointSpec(StrictConfig):

@@ -5,7 +5,10 @@ Tune (PBT) and a plain process (`LocalReporter`) run the same code; no Ray here.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +29,7 @@ from orchestrator.training.state import TrainingState, save_training_checkpoint
 
 logger = logging.getLogger("detrdistill")
 # Fault injection for testing resume: set in the driver's environment, the first attempt of
-# a run crashes right after reporting this epoch.
+# a run fails right after reporting epoch N: "N" raises an error, "kill:N" SIGKILLs the worker
 FAULT_ENV = "DETRDISTILL_FAULT_AFTER_EPOCH"
 
 
@@ -39,7 +42,7 @@ def run_training(
     spec: ExperimentSpec,
     reporter: Reporter,
     logger_factory: Callable[[], Any] | None = None,
-    fault_after_epoch: int | None = None,
+    fault: Callable[[int], None] | None = None,
     device: torch.device | None = None,
 ) -> dict[str, float]:
     """Train `spec.student` from scratch or from the reporter's resume checkpoint.
@@ -111,9 +114,27 @@ def run_training(
             metrics[spec.checkpoint.score_metric] = worst
         checkpoint_dir = _checkpoint(setup, model, state, reporter, world)
         reporter.report(metrics, checkpoint_dir)
-        if not resumed and fault_after_epoch == epoch + 1:
-            raise RuntimeError(f"fault injected after epoch {epoch + 1} by ${FAULT_ENV}")
+        if fault is not None:
+            fault(epoch + 1)
     return metrics
+
+
+def fault_injector(fault: str, marker: Path | None = None) -> Callable[[int], None]:
+    """The `fault` hook of $DETRDISTILL_FAULT_AFTER_EPOCH: after epoch N raise ("N") or
+    SIGKILL this process ("kill:N"), once: with `marker`, only while that file is absent."""
+    kill, _, when = fault.rpartition(":")
+
+    def inject(epoch: int) -> None:
+        if epoch != int(when) or (marker is not None and marker.exists()):
+            return
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        if kill == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"fault injected after epoch {epoch} by ${FAULT_ENV}")
+
+    return inject
 
 
 def _resume(setup: TrainingSetup, reporter: Reporter) -> tuple[TrainingState, str | None, bool]:
