@@ -21,3 +21,15 @@ class RunFailed(RuntimeError):
 
 
 DIVERGED = "training diverged"  # how the engine's divergence message starts (found through Ray)
+
+
+class RunStopped(RuntimeError):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM; its MLflow run is closed as KILLED. The
+    CLI prints one line and exits 128 + the signal number (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(
+            "stopped; the MLflow run is closed as KILLED. Run the same command again to resume "
+            "from the last checkpoint (or add --restart to start over)"
+        )

@@ -1,6 +1,7 @@
 """End to end: spec -> Ray Train -> MLflow -> registered model, with real Ray and MLflow."""
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -181,3 +182,42 @@ def test_a_killed_worker_recovers_inside_the_same_run(tmp_path, ray_local, monke
     assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [1, 2, 3]  # each epoch logged once, none repeated after the restart
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_closes_the_run_as_killed_and_exits_130(tmp_path, tiny_spec_dict):
+    import signal
+    import time
+
+    import yaml
+
+    data = tiny_spec_dict(tmp_path, name="interrupted", workers=1, epochs=100, register_as=None)
+    data["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    bin_dir = Path(sys.executable).parent
+    process = subprocess.Popen(
+        [str(bin_dir / "detrdistill"), "run", str(spec), "--storage", str(tmp_path / "runs")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    client = MlflowClient(data["mlflow"]["tracking_uri"])
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # wait until the first epoch is logged
+        experiment = (
+            client.get_experiment_by_name("interrupted") if process.poll() is None else None
+        )
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "epoch"):
+            break
+        time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "stopped; the MLflow run is closed as KILLED" in err
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "KILLED"

@@ -15,7 +15,7 @@ from orchestrator.cli.model_commands import add_model_commands
 from orchestrator.cli.run_commands import add_run_commands
 from orchestrator.cli.spec_commands import add_spec_commands
 from orchestrator.console import configure_console
-from orchestrator.errors import EXIT_BAD_INPUT, RunFailed, UserInputError
+from orchestrator.errors import EXIT_BAD_INPUT, RunFailed, RunStopped, UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except RunStopped as err:
+        print(str(err), file=sys.stderr)
+        return 128 + err.signum
 
 
 if __name__ == "__main__":

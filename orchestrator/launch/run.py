@@ -12,13 +12,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator import tracking
 from orchestrator.data.build import build_datasets
 from orchestrator.errors import DIVERGED, RunFailed, UserInputError
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
 from orchestrator.launch.resume import resume_changes, save_started_spec
-from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
+from orchestrator.launch.session import ACTIVE_RUNS, init_ray, stopped
 from orchestrator.launch.worker import build_trainer
 from orchestrator.spec.params import flatten_params, spec_to_yaml
 from orchestrator.spec.paths import name_problem
@@ -195,9 +196,8 @@ def run_experiment(
     )
     try:
         result = trainer.fit()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from `detrdistill jobs stop` (see the CLI)
-        close_active_runs("KILLED")
-        raise
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, SIGTERM, Ray's SIGINT exit
+        raise stopped(err) from None
     except Exception as err:
         run_logger.finish("FAILED")
         ACTIVE_RUNS.remove(run_logger)
@@ -205,25 +205,39 @@ def run_experiment(
         if diverged:
             raise RunFailed(diverged) from None
         raise
-    best = best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
-    version, model_file = None, None
-    completed = (result.metrics or {}).get("epoch") == spec.train.epochs
-    if resumed and tracking.has_model(uri, run_id):  # a finished run, run again: keep its model
-        logger.info(f"run {run_key} has finished before; its exported model stays as it is")
-    elif best is not None and completed:  # never register a model from a run that trained nothing
-        version, model_file = export_checkpoint(
-            spec, best, run_logger, uri, run_id, storage / run_key / "export"
-        )
-    elif best is not None:
-        logger.warning(
-            f"run {run_key} did not complete its {spec.train.epochs} epochs: not exported"
-        )
+    try:
+        version, model_file = _export(spec, result, resumed, run_logger, storage / run_key)
+    except (KeyboardInterrupt, SystemExit) as err:
+        raise stopped(err) from None
+    except Exception:  # e.g. an artifact store that refuses the model: the run is FAILED
+        run_logger.finish("FAILED")
+        ACTIVE_RUNS.remove(run_logger)
+        raise
     run_logger.finish()
     ACTIVE_RUNS.remove(run_logger)
     metrics = dict(result.metrics or {})
     summary = RunResult(run_key, run_id, uri, metrics, _best_ap(model_file), version, model_file)
     _print_summary(summary, spec, time.monotonic() - started)
     return summary
+
+
+def _export(
+    spec: ExperimentSpec, result: Any, resumed: bool, run_logger: Any, folder: Path
+) -> tuple[str | None, Path | None]:
+    """Export and register the best checkpoint of a completed run (never one that trained
+    nothing, never a finished run's model a second time)."""
+    uri, run_id = run_logger.uri, run_logger.run_id
+    best = best_checkpoint(result, spec.checkpoint.score_metric, spec.checkpoint.score_mode)
+    completed = (result.metrics or {}).get("epoch") == spec.train.epochs
+    if resumed and tracking.has_model(uri, run_id):  # a finished run, run again: keep its model
+        logger.info(f"run {folder.name} has finished before; its exported model stays as it is")
+        return None, None
+    if best is None:
+        return None, None
+    if not completed:
+        logger.warning(f"run {folder.name} did not complete its epochs: not exported")
+        return None, None
+    return export_checkpoint(spec, best, run_logger, uri, run_id, folder / "export")
 
 
 def _best_ap(model_file: Path | None) -> float | None:

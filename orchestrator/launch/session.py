@@ -8,25 +8,49 @@ import os
 import signal
 from typing import Any
 
+from orchestrator.errors import RunStopped
+
 logger = logging.getLogger("detrdistill")
 
 # MLflow runs this process has open, so that a stop signal can close them
 ACTIVE_RUNS: list[Any] = []
 _handle_stop = False
+_received: list[int] = []  # the stop signals received, newest last
 
 
 def handle_stop_signals() -> None:
-    """Treat SIGTERM (how `detrdistill jobs stop` ends a job) like Ctrl-C, closing this
-    process's MLflow runs as KILLED at once, so they do not stay RUNNING forever. `ray.init`
-    installs its own SIGTERM handler, so `init_ray` installs this one again after it."""
+    """SIGINT (Ctrl-C) and SIGTERM (how `detrdistill jobs stop` ends a job) close this
+    process's MLflow runs as KILLED at once, so they never stay RUNNING. `ray.init` installs
+    its own handlers (its SIGINT handler calls sys.exit), so `init_ray` installs these again."""
     global _handle_stop
     _handle_stop = True
-    signal.signal(signal.SIGTERM, _on_stop_signal)
+    _install()
+
+
+def _install() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_stop_signal)
 
 
 def _on_stop_signal(signum, frame) -> None:
+    _received.append(signum)
     close_active_runs("KILLED")  # at once: the process may be killed before it unwinds
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stopped(err: BaseException) -> RunStopped:
+    """After Ctrl-C / SIGTERM / Ray's sys.exit: close the runs as KILLED, stop the local Ray,
+    and the error the CLI turns into one line and exit code 130 or 143."""
+    close_active_runs("KILLED")
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as shutdown_error:  # stopping is best effort
+        logger.debug(f"ray.shutdown: {shutdown_error}")
+    signum = _received[-1] if _received else signal.SIGINT
+    return RunStopped(signum)
 
 
 def close_active_runs(status: str) -> None:
@@ -51,4 +75,4 @@ def init_ray(address: str | None) -> None:
     else:
         ray.init(include_dashboard=True, log_to_driver=True)
     if _handle_stop:
-        signal.signal(signal.SIGTERM, _on_stop_signal)
+        _install()

@@ -26,7 +26,7 @@ from orchestrator import tracking
 from orchestrator.console import is_verbose
 from orchestrator.errors import UserInputError
 from orchestrator.launch.run import check_writable, preflight
-from orchestrator.launch.session import ACTIVE_RUNS, close_active_runs, init_ray
+from orchestrator.launch.session import ACTIVE_RUNS, init_ray, stopped
 from orchestrator.launch.sweep_results import format_results, results_rows
 from orchestrator.launch.trials import (
     TRIAL_TAG,
@@ -190,9 +190,8 @@ def run_sweep(
         )
     try:
         grid = tuner.fit()
-    except KeyboardInterrupt:
-        close_active_runs("KILLED")
-        raise
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, SIGTERM, Ray's SIGINT exit
+        raise stopped(err) from None
     rows = results_rows(grid, spec.tune.metric, spec.tune.mode, spec.train.epochs)
     children = tracking.child_runs(uri, experiment_id, parent_id, TRIAL_TAG)
     tracking.close_unfinished(uri, children.values())
