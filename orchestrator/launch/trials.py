@@ -50,16 +50,23 @@ def _child_run(
     return run_id
 
 
-def train_in_tune_trial(config: dict, context: dict) -> None:
-    """A Tune function trial that fits a TorchTrainer and reports its metrics to Tune."""
+def _start_trial(config: dict, context: dict) -> tuple[str, ExperimentSpec, str]:
+    """(trial id, the trial's spec, its child MLflow run id), with the console set up (a Tune
+    trial is a fresh process)."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    configure_console(context["verbose"])  # a Tune trial is a fresh process
+    configure_console(context["verbose"])
     tune_context = ray.tune.get_context()
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
     spec = trial_spec(context["base"], config, trial_name)
-    run_id = _child_run(context, trial_id, trial_name, config, spec)
+    return trial_id, spec, _child_run(context, trial_id, trial_name, config, spec)
+
+
+def train_in_tune_trial(config: dict, context: dict) -> None:
+    """A Tune function trial that fits a TorchTrainer and reports its metrics to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id, spec, run_id = _start_trial(config, context)
     storage = Path(context["storage"])
     trainer = build_trainer(
         spec,
@@ -82,11 +89,7 @@ def pbt_trial(config: dict, context: dict) -> None:
     """A Tune function trial running the training loop itself, with Tune checkpoints (PBT)."""
     import ray.tune
 
-    configure_console(context["verbose"])  # a Tune trial is a fresh process
-    tune_context = ray.tune.get_context()
-    trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
-    spec = trial_spec(context["base"], config, trial_name)
-    run_id = _child_run(context, trial_id, trial_name, config, spec)
+    trial_id, spec, run_id = _start_trial(config, context)
     scratch = Path(context["storage"]) / context["sweep_key"] / "scratch" / trial_id
     reporter = RayTrainReporter(scratch, api=ray.tune, owner=trial_id)
 
