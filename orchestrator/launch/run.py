@@ -79,17 +79,24 @@ def preflight(spec: ExperimentSpec) -> int:
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and write a probe file in it: a clear error naming the path
-    now, not an OSError from deep inside Ray or MLflow later."""
-    probe = folder / f".detrdistill-probe-{os.getpid()}"
+    """That `folder` is, or can be made, a writable folder: a clear error naming the path now,
+    not an OSError from deep inside Ray or MLflow later. Creates nothing (a probe file in the
+    nearest existing folder is written and removed)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None if existing.is_dir() else f"{existing} is not a folder"
+    probe = existing / f".detrdistill-probe-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        if problem is None:
+            probe.write_bytes(b"ok")
+            probe.unlink()
     except OSError as err:
+        problem = err.strerror or str(err)
+    if problem:
         raise UserInputError(
-            f"{what} {folder}: cannot write there ({err.strerror or err}); give a writable folder"
-        ) from None
+            f"{what} {folder}: cannot write there ({problem}); give a writable folder"
+        )
 
 
 def pin_teacher(spec: ExperimentSpec, recorded: str | None = None) -> ExperimentSpec:
