@@ -135,3 +135,20 @@ def test_resuming_with_a_spec_that_trains_differently_is_refused(tmp_path, tiny_
     assert (folder / "checkpoint_000000").is_dir()  # nothing was deleted
     longer = tiny_spec(tmp_path, name="honest", workers=1, epochs=4)
     assert resume_changes(folder, longer, "honest-default") == ["train.epochs: 2 -> 4"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_failed_run_leaves_no_local_ray_behind(tmp_path, tiny_spec):
+    import ray
+
+    from orchestrator.errors import RunFailed
+
+    if ray.is_initialized():  # another test's Ray: start from none, as a user's process does
+        ray.shutdown()
+    spec = tiny_spec(
+        tmp_path, name="diverge-ray", workers=1, register_as=None, **{"optim.lr": 1e30}
+    )
+    with pytest.raises(RunFailed, match="training diverged"):
+        run_experiment(spec, storage_path=tmp_path / "runs")
+    assert not ray.is_initialized()  # the local Ray this run started is shut down

@@ -19,7 +19,7 @@ from orchestrator.data.build import build_datasets
 from orchestrator.errors import DIVERGED, RunFailed, UserInputError
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
 from orchestrator.launch.resume import resume_changes, save_started_spec
-from orchestrator.launch.session import ACTIVE_RUNS, init_ray, stopped
+from orchestrator.launch.session import ACTIVE_RUNS, init_ray, shutdown_local_ray, stopped
 from orchestrator.launch.worker import build_trainer
 from orchestrator.spec.params import flatten_params, spec_to_yaml
 from orchestrator.spec.paths import name_problem
@@ -189,25 +189,26 @@ def run_experiment(
     if changes:
         logger.info("changed since the run started: " + "; ".join(changes))
         run_logger.text("\n".join(changes) + "\n", f"resume_changes_{int(time.time())}.txt")
-    if spec.scaling.num_workers > 0:
-        init_ray(address)
-    trainer = build_trainer(
-        spec,
-        run_key,
-        storage,
-        {
-            "mlflow_run_id": run_id,
-            "tracking_uri": uri,
-            "fault_after_epoch": os.environ.get(FAULT_ENV),
-        },
-    )
     try:
+        if spec.scaling.num_workers > 0:
+            init_ray(address)
+        trainer = build_trainer(
+            spec,
+            run_key,
+            storage,
+            {
+                "mlflow_run_id": run_id,
+                "tracking_uri": uri,
+                "fault_after_epoch": os.environ.get(FAULT_ENV),
+            },
+        )
         result = trainer.fit()
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, SIGTERM, Ray's SIGINT exit
         raise stopped(err) from None
     except Exception as err:
         run_logger.finish("FAILED")
         ACTIVE_RUNS.remove(run_logger)
+        shutdown_local_ray()  # no Ray actors outlive a failed run
         diverged = diverged_message(err, storage / run_key, spec)
         if diverged:
             raise RunFailed(diverged) from None

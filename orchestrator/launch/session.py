@@ -16,6 +16,7 @@ logger = logging.getLogger("detrdistill")
 ACTIVE_RUNS: list[Any] = []
 _handle_stop = False
 _received: list[int] = []  # the stop signals received, newest last
+_started_here: list[bool] = []  # whether init_ray started a local Ray (not a cluster's)
 
 
 def handle_stop_signals() -> None:
@@ -36,6 +37,20 @@ def _on_stop_signal(signum, frame) -> None:
     _received.append(signum)
     close_active_runs("KILLED")  # at once: the process may be killed before it unwinds
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def shutdown_local_ray() -> None:
+    """Stop the local Ray this process started (after a failed run: no actors left behind);
+    a cluster's Ray is left alone."""
+    if not _started_here:
+        return
+    _started_here.clear()
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception as err:  # best effort while failing anyway
+        logger.debug(f"ray.shutdown: {err}")
 
 
 def stopped(err: BaseException) -> RunStopped:
@@ -70,9 +85,15 @@ def init_ray(address: str | None) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray Job
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(include_dashboard=True, log_to_driver=True)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(include_dashboard=True, log_to_driver=True)
+            _started_here.append(True)
+    except Exception as err:  # e.g. a local start that times out on a busy machine
+        shutdown_local_ray()
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise RuntimeError(f"could not start {where}: {str(err).splitlines()[0][:300]}") from None
     if _handle_stop:
         _install()

@@ -26,7 +26,7 @@ from orchestrator import tracking
 from orchestrator.console import is_verbose
 from orchestrator.errors import UserInputError
 from orchestrator.launch.run import check_writable, preflight
-from orchestrator.launch.session import ACTIVE_RUNS, init_ray, stopped
+from orchestrator.launch.session import ACTIVE_RUNS, init_ray, shutdown_local_ray, stopped
 from orchestrator.launch.sweep_results import format_results, results_rows
 from orchestrator.launch.trials import (
     TRIAL_TAG,
@@ -192,6 +192,11 @@ def run_sweep(
         grid = tuner.fit()
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, SIGTERM, Ray's SIGINT exit
         raise stopped(err) from None
+    except Exception:
+        parent.finish("FAILED")
+        ACTIVE_RUNS.remove(parent)
+        shutdown_local_ray()
+        raise
     rows = results_rows(grid, spec.tune.metric, spec.tune.mode, spec.train.epochs)
     children = tracking.child_runs(uri, experiment_id, parent_id, TRIAL_TAG)
     tracking.close_unfinished(uri, children.values())
