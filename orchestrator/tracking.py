@@ -7,9 +7,12 @@ re-running the same command continues the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,19 @@ from mlflow.tracking import MlflowClient
 logger = logging.getLogger("detrdistill")
 RUN_KEY_TAG = "detrdistill.run_key"
 MODEL_URI_TAG = "detrdistill.model_uri"  # where log_model put the run's exported student
+
+
+@contextlib.contextmanager
+def _fluent(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (register_model, start_run) on `uri` for the block only: setting it
+    for good would also set $MLFLOW_TRACKING_URI, and later runs of this process would track
+    where this one did."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets it again
 
 
 def _client(uri: str) -> MlflowClient:
@@ -139,9 +155,9 @@ def register_run_model(uri: str, run_id: str, name: str, description: str) -> st
     if not has_model(uri, run_id):
         logger.warning("run %s logged no student model: nothing registered", run_id)
         return None
-    mlflow.set_tracking_uri(uri)
     model_uri = client.get_run(run_id).data.tags[MODEL_URI_TAG]
-    version = mlflow.register_model(model_uri, name)
+    with _fluent(uri):
+        version = mlflow.register_model(model_uri, name)
     client.update_model_version(name, version.version, description)
     return str(version.version)
 
@@ -172,6 +188,10 @@ class RunLogger:
         # checkpoint was kept): redone epochs are not logged a second time
         history = self.client.get_metric_history(run_id, "epoch")
         self.logged_until = max((m.step for m in history), default=0)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
 
     def params(self, params: dict[str, str]) -> None:
         existing = self.client.get_run(self.run_id).data.params
@@ -229,11 +249,10 @@ def log_model(
     import torch
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(uri)
     with torch.no_grad():
         output = model(torch.from_numpy(input_example)).numpy()
     signature = infer_signature(input_example, output)
-    with mlflow.start_run(run_id=run_id):
+    with _fluent(uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,
             name="student",
@@ -247,7 +266,8 @@ def log_model(
     _client(uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     if not register_as:
         return None
-    version = mlflow.register_model(info.model_uri, register_as)
+    with _fluent(uri):
+        version = mlflow.register_model(info.model_uri, register_as)
     if description:
         _client(uri).update_model_version(register_as, version.version, description)
     return str(version.version)
@@ -265,8 +285,9 @@ def _requirements() -> list[str]:
 
 def download(uri: str, source: str, folder: Path) -> Path:
     """Download `models:/...` or `runs:/...` into `folder` and return the local path."""
-    mlflow.set_tracking_uri(uri)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder)))
+    with _fluent(uri):  # models:/ resolution reads the global registry URI
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder))
+    return Path(local)
 
 
 def metric_vs_params_figure(rows: list[dict[str, Any]], metric: str) -> Any:

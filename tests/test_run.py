@@ -27,6 +27,8 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     # the exported file stays in the run's own folder; nothing is left in the temp directory
     assert result.model_file == tmp_path / "runs" / "tiny-default" / "export" / "model.pt"
     assert set(temp.glob("detrdistill-*")) == before
+    # tracking where this run did is not left set for the rest of the process
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None
     client = MlflowClient(spec.mlflow.tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"

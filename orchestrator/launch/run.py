@@ -167,19 +167,18 @@ def run_experiment(
         shutil.rmtree(storage / run_key, ignore_errors=True)
         tracking.delete_runs_with_key(uri, experiment_id, run_key)
         save_started_spec(storage / run_key, spec)
-    spec = pin_teacher(spec)
     tags = {
         "architecture": spec.student.architecture,
         "method": spec.distill.method,
-        "teacher": spec.teacher.weights if spec.teacher else "none",
         "git_commit": tracking.git_commit(Path(__file__).parent),
     }
     run_id, resumed = tracking.find_or_create_run(uri, experiment_id, run_key, run_key, tags)
-    if resumed:  # the teacher the run started with, whatever the name points at now
-        spec = pin_teacher(spec, tracking.run_tag(uri, run_id, "teacher"))
+    # a resumed run keeps the teacher it started with, whatever the name points at now
+    spec = pin_teacher(spec, tracking.run_tag(uri, run_id, "teacher") if resumed else None)
     run_logger = tracking.RunLogger(uri, run_id)
     ACTIVE_RUNS.append(run_logger)
     if not resumed:
+        run_logger.tags({"teacher": spec.teacher.weights if spec.teacher else "none"})
         run_logger.text(spec_to_yaml(spec), "spec.yaml")
         run_logger.params(flatten_params(spec))
     logger.info(
