@@ -34,6 +34,28 @@ def run_name(text: str) -> str:
     return text
 
 
+def add_ray_start_option(parser: argparse.ArgumentParser) -> None:
+    """`--ray-start-timeout SECONDS`: how long a local Ray may take to start."""
+    parser.add_argument(
+        "--ray-start-timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="how long a local Ray may take to start on a busy machine "
+        "(default 120, or $DETRDISTILL_RAY_START_TIMEOUT)",
+    )
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def add_override_option(parser: argparse.ArgumentParser, what: str = "a spec field") -> None:
     """The repeatable `--set a.b.c=value` option (value read as YAML), for every spec command."""
     parser.add_argument(

@@ -7,6 +7,7 @@ no traceback, nothing started.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from orchestrator.cli.cluster_commands import add_cluster_commands
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `detrdistill` console script."""
     args = build_parser().parse_args(argv)
     configure_console(args.verbose)
+    if getattr(args, "ray_start_timeout", None):
+        from orchestrator.launch.local_ray import TIMEOUT_ENV
+
+        os.environ[TIMEOUT_ENV] = str(args.ray_start_timeout)  # read where Ray starts
     try:
         return args.handler(args)
     except (UserInputError, FileExistsError) as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.cli.args import add_override_option, run_name
+from orchestrator.cli.args import add_override_option, add_ray_start_option, run_name
 
 
 def add_run_commands(commands: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def _add_launch_args(run: argparse.ArgumentParser, what: str) -> None:
         "--restart", action="store_true", help=f"discard checkpoints of this {what} name"
     )
     run.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    add_ray_start_option(run)
     run.add_argument("--storage", type=Path, default=Path("runs"), help="Ray checkpoint storage")
 
 
@@ -53,6 +54,7 @@ def _add_compare_command(commands: argparse._SubParsersAction) -> None:
         help="train the teacher even if its registered model exists",
     )
     compare.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    add_ray_start_option(compare)
     compare.add_argument(
         "--storage", type=Path, default=Path("runs"), help="Ray checkpoint storage"
     )
@@ -61,18 +63,19 @@ def _add_compare_command(commands: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.launch.run import run_experiment
-    from orchestrator.launch.session import handle_stop_signals
+    from orchestrator.launch.session import handle_stop_signals, shutdown_local_ray
     from orchestrator.spec.loader import load_spec
     from orchestrator.spec.paths import resolve_paths
 
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
     handle_stop_signals()
     run_experiment(spec, args.run_name, args.address, args.restart, args.storage)
+    shutdown_local_ray(remove_session=True)
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from orchestrator.launch.session import handle_stop_signals
+    from orchestrator.launch.session import handle_stop_signals, shutdown_local_ray
     from orchestrator.launch.sweep import run_sweep
     from orchestrator.spec.loader import load_spec
     from orchestrator.spec.paths import resolve_paths
@@ -80,15 +83,18 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = resolve_paths(load_spec(args.spec, args.overrides), Path.cwd())
     handle_stop_signals()
     result = run_sweep(spec, args.run_name, args.address, args.restart, args.storage)
+    shutdown_local_ray(remove_session=True)
     return 0 if result.best is not None else 1
 
 
 def _compare(args: argparse.Namespace) -> int:
     from orchestrator.launch.compare import run_comparison
+    from orchestrator.launch.session import shutdown_local_ray
     from orchestrator.spec.loader import load_spec
     from orchestrator.spec.paths import resolve_paths
 
     teacher = resolve_paths(load_spec(args.teacher), Path.cwd())
     students = [resolve_paths(load_spec(p, args.overrides), Path.cwd()) for p in args.students]
     run_comparison(teacher, students, args.address, args.storage, args.retrain_teacher)
+    shutdown_local_ray(remove_session=True)
     return 0

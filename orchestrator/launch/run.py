@@ -18,6 +18,7 @@ from orchestrator import tracking
 from orchestrator.data.build import build_datasets
 from orchestrator.errors import DIVERGED, RunFailed, UserInputError
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
+from orchestrator.launch.local_ray import start_timeout
 from orchestrator.launch.resume import resume_changes, save_started_spec
 from orchestrator.launch.session import ACTIVE_RUNS, init_ray, shutdown_local_ray, stopped
 from orchestrator.launch.worker import build_trainer
@@ -149,6 +150,7 @@ def run_experiment(
     problem = name_problem(run_name, "run name")
     if problem:
         raise UserInputError(problem)
+    start_timeout()  # a bad $DETRDISTILL_RAY_START_TIMEOUT is refused before anything starts
     started = time.monotonic()
     storage = Path(storage_path).resolve()
     check_writable(storage, "--storage")

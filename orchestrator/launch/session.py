@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 from typing import Any
 
-from orchestrator.errors import RunStopped
+from orchestrator.errors import RunFailed, RunStopped, UserInputError
+from orchestrator.launch.local_ray import start_local_ray, start_timeout
 
 logger = logging.getLogger("detrdistill")
 
@@ -39,18 +41,28 @@ def _on_stop_signal(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def shutdown_local_ray() -> None:
-    """Stop the local Ray this process started (after a failed run: no actors left behind);
-    a cluster's Ray is left alone."""
+def shutdown_local_ray(remove_session: bool = False) -> None:
+    """Stop the local Ray this process started (a cluster's Ray is left alone). Its session
+    folder (Ray's logs) is removed when `remove_session` (a command that succeeded), else kept
+    and named (after a failure, the logs are what tells why)."""
     if not _started_here:
         return
     _started_here.clear()
     try:
         import ray
 
+        node = getattr(ray._private.worker, "_global_node", None)
+        folder = node.get_session_dir_path() if node is not None else None
         ray.shutdown()
     except Exception as err:  # best effort while failing anyway
         logger.debug(f"ray.shutdown: {err}")
+        return
+    if folder is None:
+        return
+    if remove_session:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        logger.info(f"Ray's logs of this command: {folder}")
 
 
 def stopped(err: BaseException) -> RunStopped:
@@ -78,7 +90,8 @@ def close_active_runs(status: str) -> None:
 
 
 def init_ray(address: str | None) -> None:
-    """Connect to `address` (or $RAY_ADDRESS inside a Ray Job), else start a local Ray."""
+    """Connect to `address` (or $RAY_ADDRESS inside a Ray Job), else start a local Ray within
+    $DETRDISTILL_RAY_START_TIMEOUT seconds."""
     import ray
 
     if ray.is_initialized():
@@ -89,11 +102,13 @@ def init_ray(address: str | None) -> None:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(include_dashboard=True, log_to_driver=True)
             _started_here.append(True)
+            start_local_ray(start_timeout())
+    except UserInputError:
+        raise
     except Exception as err:  # e.g. a local start that times out on a busy machine
         shutdown_local_ray()
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise RuntimeError(f"could not start {where}: {str(err).splitlines()[0][:300]}") from None
+        raise RunFailed(f"could not start {where}: {str(err).splitlines()[0][:300]}") from None
     if _handle_stop:
         _install()

@@ -25,6 +25,7 @@ from typing import Any
 from orchestrator import tracking
 from orchestrator.console import is_verbose
 from orchestrator.errors import UserInputError
+from orchestrator.launch.local_ray import start_timeout
 from orchestrator.launch.run import check_writable, preflight
 from orchestrator.launch.session import ACTIVE_RUNS, init_ray, shutdown_local_ray, stopped
 from orchestrator.launch.sweep_results import format_results, results_rows
@@ -119,6 +120,7 @@ def run_sweep(
     problem = name_problem(run_name, "run name")
     if problem:
         raise UserInputError(problem)
+    start_timeout()  # a bad $DETRDISTILL_RAY_START_TIMEOUT is refused before anything starts
     started = time.monotonic()
     spec = _with_trial_resources(spec)
     preflight(spec)
