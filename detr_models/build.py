@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -12,6 +13,7 @@ from detr_models.conditional_decoder import ConditionalDecoder, DabDecoder
 from detr_models.config import (
     DabDetrConfig,
     DeformableDetrConfig,
+    DetrConfig,
     ModelConfig,
     model_config_from_dict,
 )
@@ -24,7 +26,8 @@ from detr_models.deformable import (
 from detr_models.detector import Detector
 from detr_models.detr_decoder import DetrDecoder
 from detr_models.encoder import TransformerEncoder
-from detr_models.layers import MLP, PerStage
+from detr_models.layers import MLP, PerStage, SoftmaxClassHead
+from detr_models.position import PositionEmbeddingSine
 
 
 def _box_head(c: ModelConfig, zero_last: bool) -> MLP:
@@ -35,7 +38,12 @@ def _box_head(c: ModelConfig, zero_last: bool) -> MLP:
     return head
 
 
-def _assemble(c: ModelConfig, decoder_cls: type, zero_box_head: bool) -> Detector:
+def _assemble(
+    c: ModelConfig,
+    decoder_cls: Callable[..., nn.Module],
+    zero_box_head: bool,
+    class_head: nn.Module | None = None,
+) -> Detector:
     backbone = build_backbone(
         c.backbone, c.levels, c.frozen_stages, c.backbone_weights, c.tiny_width
     )
@@ -49,18 +57,36 @@ def _assemble(c: ModelConfig, decoder_cls: type, zero_box_head: bool) -> Detecto
         _box_head(c, zero_box_head),
     )
     return Detector(
-        backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries, c.query_kind
+        backbone,
+        encoder,
+        decoder,
+        c.num_classes,
+        c.hidden_dim,
+        c.num_queries,
+        c.query_kind,
+        class_head=class_head,
+        **_shared_options(c),
     )
 
 
-def build_detr(c: ModelConfig) -> Detector:
+def _shared_options(c: ModelConfig) -> dict[str, Any]:
+    """The Detector options every architecture's config carries (position encoding, norms)."""
+    position = PositionEmbeddingSine(
+        c.hidden_dim // 2, c.position_temperature, c.position_order, c.position_offset
+    )
+    return {"position": position, "input_norm": c.input_norm}
+
+
+def build_detr(c: DetrConfig) -> Detector:
     """DETR: learned positional queries, absolute boxes."""
-    return _assemble(c, DetrDecoder, zero_box_head=False)
+    head = SoftmaxClassHead(c.hidden_dim, c.num_classes) if c.class_head == "softmax" else None
+    return _assemble(c, DetrDecoder, zero_box_head=False, class_head=head)
 
 
 def build_conditional_detr(c: ModelConfig) -> Detector:
     """Conditional DETR: reference points and conditional spatial queries."""
-    return _assemble(c, ConditionalDecoder, zero_box_head=False)
+    decoder = partial(ConditionalDecoder, order=c.position_order)
+    return _assemble(c, decoder, zero_box_head=False)
 
 
 def build_dab_detr(c: DabDetrConfig) -> Detector:
@@ -113,6 +139,8 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
         learned_content=True,
         class_head=class_head,
         proposals=proposals,
+        mask_extra_levels=c.mask_extra_levels,
+        **_shared_options(c),
     )
 
 

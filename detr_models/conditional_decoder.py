@@ -96,10 +96,12 @@ class ConditionalDecoder(nn.Module):
         num_layers: int,
         dropout: float,
         box_head: nn.Module,
+        order: str = "xy",
     ) -> None:
         super().__init__()
         self.layers = _layers(dim, num_heads, ffn_dim, num_layers, dropout)
         self.norm = nn.LayerNorm(dim)
+        self.order = order  # of the reference point's sine blocks: the feature map's order
         self.reference_head = MLP(dim, dim, 2, 2)
         self.query_scale = MLP(dim, dim, dim, 2)
         self.box_head = box_head
@@ -117,7 +119,8 @@ class ConditionalDecoder(nn.Module):
         spatial_shapes: torch.Tensor | None = None,
     ) -> DecoderOutput:
         reference = self.reference_head(position).sigmoid()  # [B,Q,2]
-        sine = sine_encode(reference, self.dim // 2)  # [B,Q,D]
+        point = reference if self.order == "xy" else reference.flip(-1)
+        sine = sine_encode(point, self.dim // 2)  # [B,Q,D]
         out = content
         hidden = []
         for i, layer in enumerate(self.layers):

@@ -46,6 +46,20 @@ class ModelConfig(StrictConfig):
     ffn_dim: Annotated[int, Field(gt=0, le=32768)] = 2048
     num_queries: Annotated[int, Field(gt=0, le=10_000)] = 100
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # reference-exact options: `detrdistill import` sets them to what the official code does;
+    # the defaults are this product's choices for training from scratch (see the README)
+    position_order: Literal["xy", "yx"] = Field(
+        "xy", description="channel blocks of the feature-map sine encoding; references: yx"
+    )
+    position_offset: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="subtracted from pixel indices before normalising; DETR: 0"
+    )
+    position_temperature: Annotated[float, Field(gt=0, le=1e6)] = 10000.0
+    input_norm: Literal["masked_group", "group", "none"] = Field(
+        "masked_group",
+        description="norm after the input projections: masked_group ignores padding; "
+        "references: none (DETR, Conditional, DAB), group (Deformable)",
+    )
 
     @model_validator(mode="after")
     def _check_widths(self) -> ModelConfig:
@@ -76,6 +90,11 @@ class DetrConfig(ModelConfig):
     """DETR: learned positional queries, absolute boxes."""
 
     architecture: Literal["detr"] = "detr"
+    class_head: Literal["sigmoid", "softmax"] = Field(
+        "sigmoid",
+        description="sigmoid over K classes, or the reference softmax over K + no-object "
+        "(imported DETR checkpoints; used as teachers and for eval/predict)",
+    )
 
 
 class ConditionalDetrConfig(ModelConfig):
@@ -109,6 +128,9 @@ class DeformableDetrConfig(ModelConfig):
     box_refine: bool = False
     two_stage: bool = False
     anchor_queries: bool = False
+    mask_extra_levels: bool = Field(
+        True, description="zero padded pixels before the extra levels' convs; references: no"
+    )
 
     @model_validator(mode="after")
     def _check_levels(self) -> DeformableDetrConfig:
@@ -136,6 +158,25 @@ ARCHITECTURES: dict[str, type[ModelConfig]] = {
     "conditional_detr": ConditionalDetrConfig,
     "dab_detr": DabDetrConfig,
     "deformable_detr": DeformableDetrConfig,
+}
+
+# what the official implementations (and Hugging Face transformers) do, per architecture:
+# `detrdistill import` builds imported models with these, so they are exact by construction
+REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {
+    "detr": {
+        "position_order": "yx",
+        "position_offset": 0.0,
+        "input_norm": "none",
+        "class_head": "softmax",
+    },
+    "conditional_detr": {"position_order": "yx", "position_offset": 0.0, "input_norm": "none"},
+    "dab_detr": {"position_order": "yx", "position_offset": 0.0, "input_norm": "none"},
+    "deformable_detr": {
+        "position_order": "yx",
+        "position_offset": 0.5,
+        "input_norm": "group",
+        "mask_extra_levels": False,
+    },
 }
 
 AnyModelConfig = Annotated[

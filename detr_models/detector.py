@@ -37,6 +37,9 @@ class Detector(nn.Module):
         learned_content: bool = False,
         class_head: nn.Module | None = None,
         proposals: nn.Module | None = None,
+        position: PositionEmbeddingSine | None = None,
+        input_norm: str = "masked_group",
+        mask_extra_levels: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -54,13 +57,13 @@ class Detector(nn.Module):
             + [nn.Conv2d(c, hidden_dim, 3, stride=2, padding=1) for c in extra_in]
         )
         num_levels = len(self.input_convs)
-        self.input_norms = nn.ModuleList(
-            MaskedGroupNorm(min(32, hidden_dim), hidden_dim) for _ in range(num_levels)
-        )
+        self.input_norms = nn.ModuleList(_input_norm(input_norm, hidden_dim) for _ in channels)
+        self.input_norms.extend(_input_norm(input_norm, hidden_dim) for _ in extra_in)
+        self.mask_extra_levels = mask_extra_levels
         self.level_embed = (
             nn.Parameter(torch.zeros(num_levels, hidden_dim)) if num_levels > 1 else None
         )
-        self.position = PositionEmbeddingSine(hidden_dim // 2)
+        self.position = position or PositionEmbeddingSine(hidden_dim // 2)
         self.class_head = (
             class_head if class_head is not None else nn.Linear(hidden_dim, num_classes)
         )
@@ -113,11 +116,13 @@ class Detector(nn.Module):
                 source = backbone_maps[level]
             else:
                 source = backbone_maps[-1] if level == len(backbone_maps) else features[-1]
-                # padded positions must look like the conv's own zero padding
-                source = source * ~downsample_mask(pixel_mask, source.shape[-2:])[:, None]
+                if self.mask_extra_levels:  # padding looks like the conv's own zero padding
+                    source = source * ~downsample_mask(pixel_mask, source.shape[-2:])[:, None]
             feature = conv(source)  # [B,D,H,W]
             mask = downsample_mask(pixel_mask, feature.shape[-2:])  # [B,H,W]
-            features.append(norm(feature, mask))
+            features.append(
+                norm(feature, mask) if isinstance(norm, MaskedGroupNorm) else norm(feature)
+            )
             masks.append(mask)
         srcs, poss = [], []
         for level, (feature, mask) in enumerate(zip(features, masks, strict=True)):
@@ -226,3 +231,15 @@ class Detector(nn.Module):
             groups=dict(zip(names[1:], outputs[1:], strict=True)),
             extras=extras,
         )
+
+
+def _input_norm(kind: str, dim: int) -> nn.Module:
+    """The norm after an input projection: "masked_group" (statistics over the unpadded
+    pixels), "group" (plain GroupNorm, as Deformable DETR) or "none" (as DETR)."""
+    if kind == "masked_group":
+        return MaskedGroupNorm(min(32, dim), dim)
+    if kind == "group":
+        return nn.GroupNorm(min(32, dim), dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"input_norm must be masked_group, group or none, got {kind!r}")

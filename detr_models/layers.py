@@ -76,3 +76,17 @@ class PerStage(nn.ModuleList):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([head(x[i]) for i, head in enumerate(self)])
+
+
+class SoftmaxClassHead(nn.Module):
+    """The reference DETR classifier: a softmax over K classes + "no object" (`linear` has
+    K+1 outputs). It returns, for the K real classes, the logits whose sigmoid is the softmax
+    probability (log p - log(1-p)), so everything downstream reads it like a sigmoid head."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, num_classes + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_p = self.linear(x).float().log_softmax(-1)[..., :-1].clamp(max=-1e-7)
+        return (log_p - torch.log(-torch.expm1(log_p))).to(x.dtype)

@@ -33,21 +33,35 @@ def sine_encode(
 class PositionEmbeddingSine(nn.Module):
     """DETR's 2-D sine encoding of a feature map, normalised to the unpadded region.
 
-    mask [B,H,W] (True on padding) -> [B,2*num_feats,H,W], channels (x block, y block).
+    mask [B,H,W] (True on padding) -> [B,2*num_feats,H,W]. `order` "xy" puts the x block
+    first (this product's default, the order of the box sine embeddings), "yx" the y block
+    (the reference implementations). `offset` is subtracted from each pixel's 1-based index
+    before normalising: 0.5 puts pixel centres in (0, 1] (this product, Deformable DETR), 0
+    the far edges (DETR, Conditional DETR, DAB-DETR).
     """
 
-    def __init__(self, num_feats: int = 128, temperature: float = 10000.0) -> None:
+    def __init__(
+        self,
+        num_feats: int = 128,
+        temperature: float = 10000.0,
+        order: str = "xy",
+        offset: float = 0.5,
+    ) -> None:
         super().__init__()
+        if order not in ("xy", "yx"):
+            raise ValueError(f"order must be 'xy' or 'yx', got {order!r}")
         self.num_feats = num_feats
         self.temperature = temperature
+        self.order = order
+        self.offset = offset
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         valid = (~mask).float()  # [B,H,W]
         y = valid.cumsum(1)
         x = valid.cumsum(2)
         eps = 1e-6
-        # centre of each pixel, in (0, 1] of the valid region
-        y = (y - 0.5) / (y[:, -1:, :] + eps)
-        x = (x - 0.5) / (x[:, :, -1:] + eps)
-        coords = torch.stack((x, y), dim=-1)  # [B,H,W,2]
+        y = (y - self.offset) / (y[:, -1:, :] + eps)
+        x = (x - self.offset) / (x[:, :, -1:] + eps)
+        pair = (x, y) if self.order == "xy" else (y, x)
+        coords = torch.stack(pair, dim=-1)  # [B,H,W,2]
         return sine_encode(coords, self.num_feats, self.temperature).permute(0, 3, 1, 2)
