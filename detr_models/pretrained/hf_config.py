@@ -72,6 +72,16 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     }
     if architecture == "deformable_detr":
         _same("encoder_n_points", "decoder_n_points", hf)
+        if hf.get("two_stage"):
+            raise UnsupportedCheckpoint(
+                "two-stage Deformable DETR checkpoints are not importable yet (its reference "
+                "proposal queries differ from this product's two-stage); plain and box-refine are"
+            )
+        if hf.get("num_feature_levels", 4) == 1:
+            raise UnsupportedCheckpoint(
+                "single-level Deformable DETR checkpoints are not importable yet (their level "
+                "embedding has no place in this product's one-level model)"
+            )
         data.update(
             num_feature_levels=hf.get("num_feature_levels", 4),
             num_points=hf.get("encoder_n_points", 4),

@@ -83,7 +83,7 @@ def import_hf(folder: str | Path) -> Imported:
         config, names = config_from_hf(hf)
     except UnsupportedCheckpoint as err:
         raise ImportError_(f"{Path(folder) / 'config.json'}: {err}") from None
-    converted, unmapped = convert_hf_state(state, config.architecture)
+    converted, unmapped = convert_hf_state(state, config)
     model = build_model(config)
     problems = _fit_problems(model, converted, unmapped)
     if problems:

@@ -9,6 +9,9 @@ import re
 
 import torch
 
+from detr_models.config import DeformableDetrConfig, ModelConfig
+from detr_models.pretrained.hf_keys_deformable import DEFORMABLE, split_deformable_special
+
 # the renames transformers applies to older Hub files (its conversion_mapping.py)
 _LEGACY = [
     (r"backbone\.conv_encoder\.", "backbone."),
@@ -132,17 +135,25 @@ RULES = {
 _IGNORED = re.compile(r"(num_batches_tracked|\.fc\.(weight|bias))$")
 
 
+RULES["deformable_detr"] = _BACKBONE + DEFORMABLE
+
+
 def convert_hf_state(
-    state: dict[str, torch.Tensor], architecture: str
+    state: dict[str, torch.Tensor], config: ModelConfig
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(our state dict, the HF names no rule maps) for an HF model's state dict."""
-    rules = RULES[architecture]
+    rules = RULES[config.architecture]
     converted: dict[str, torch.Tensor] = {}
     unmapped = []
+    state = {legacy_renamed(name): tensor for name, tensor in state.items()}
+    if isinstance(config, DeformableDetrConfig):
+        converted, state = split_deformable_special(
+            state, config.hidden_dim, config.decoder_layers, config.box_refine
+        )
     for name, tensor in state.items():
         if _IGNORED.search(name):
             continue
-        key = legacy_renamed(name)
+        key = name
         for pattern, target in rules:
             new, count = re.subn(pattern, target, key, count=1)
             if count:
