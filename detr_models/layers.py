@@ -86,7 +86,11 @@ class SoftmaxClassHead(nn.Module):
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.linear = nn.Linear(dim, num_classes + 1)
+        self.keep: torch.Tensor | None = None  # a subset of the classes (restrict_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_p = self.linear(x).float().log_softmax(-1)[..., :-1].clamp(max=-1e-7)
+        log_p = self.linear(x).float().log_softmax(-1)[..., :-1]
+        if self.keep is not None:
+            log_p = log_p.index_select(-1, self.keep)
+        log_p = log_p.clamp(max=-1e-7)
         return (log_p - torch.log(-torch.expm1(log_p))).to(x.dtype)

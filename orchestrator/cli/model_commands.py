@@ -28,6 +28,45 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing")
     predict.set_defaults(handler=_predict)
+    add_import_command(commands)
+
+
+def add_import_command(commands: argparse._SubParsersAction) -> None:
+    """`detrdistill import SOURCE --out FILE`."""
+    parser = commands.add_parser(
+        "import",
+        help="turn a pretrained Hugging Face DETR-family checkpoint into a model file",
+        description="SOURCE is a local Hugging Face model folder (config.json + *.safetensors) "
+        "or hf:<org>/<name>[@revision], e.g. hf:SenseTime/deformable-detr-with-box-refine. "
+        "The model file can be a spec's teacher.weights or student.weights.",
+    )
+    parser.add_argument("source", help="model folder or hf:<org>/<name>[@revision]")
+    parser.add_argument("--out", type=Path, required=True, help="model file to write")
+    parser.add_argument(
+        "--format", choices=("auto", "hf"), default="auto", help="checkpoint format (auto: hf)"
+    )
+    parser.add_argument("--register", metavar="NAME", help="also register in MLflow as NAME")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI for --register (default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
+    )
+    parser.add_argument("--size", type=int, default=800, help="eval shortest side (default 800)")
+    parser.add_argument("--max-size", type=int, default=1333, help="eval longest side (1333)")
+    parser.set_defaults(handler=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from orchestrator.launch.importer import import_checkpoint
+    from orchestrator.spec.paths import name_problem
+
+    if args.register:
+        problem = name_problem(args.register, "--register name")
+        if problem:
+            raise UserInputError(problem)
+    import_checkpoint(
+        args.source, args.out, args.register, args.tracking_uri, args.size, args.max_size
+    )
+    return 0
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -26,8 +26,9 @@ from orchestrator.spec.params import flatten_params, spec_to_yaml
 from orchestrator.spec.paths import name_problem
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
+from orchestrator.training.assemble import load_teacher_model
 from orchestrator.training.fit import FAULT_ENV
-from orchestrator.training.model_source import check_source_syntax, load_model
+from orchestrator.training.model_source import check_source_syntax
 
 logger = logging.getLogger("detrdistill")
 
@@ -65,17 +66,10 @@ def preflight(spec: ExperimentSpec) -> int:
             "set it to match or leave it out"
         )
     if spec.teacher is not None:
-        if spec.teacher.model.num_classes not in (None, k):
-            raise UserInputError(
-                f"teacher.model.num_classes: {spec.teacher.model.num_classes} but the dataset has "
-                f"{k} classes"
-            )
         problem = check_source_syntax(spec.teacher.weights)
         if problem:
             raise UserInputError(f"teacher.weights: {problem}")
-        load_model(
-            spec.teacher.weights, spec.teacher.model.with_classes(k), spec.mlflow.tracking_uri
-        )
+        load_teacher_model(spec, train_set.class_names)  # weights fit, classes map
     return k
 
 

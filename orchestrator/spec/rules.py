@@ -22,6 +22,14 @@ def cross_section_problems(spec: ExperimentSpec) -> Problems:
         )
     problems += _od_detr_stage_problems(spec) + _detrdistill_problems(spec)
     problems += _ema_problems(spec)
+    if getattr(spec.student, "class_head", "sigmoid") == "softmax":
+        problems.append(
+            (
+                "student.class_head",
+                "softmax (K + no-object) is for imported DETR checkpoints used as teachers or "
+                "with eval/predict; a student trains with the sigmoid head: remove the field",
+            )
+        )
     stages = spec.train.loss.stage_weights
     if stages is not None and len(stages) != spec.student.decoder_layers:
         problems.append(

@@ -83,6 +83,11 @@ class TeacherSpec(StrictConfig):
     weights: str = Field(
         description="models:/<name>/<version>, models:/<name>@<alias>, runs:/<id>/<path>, or a local file"
     )
+    class_map: dict[str, str] | None = Field(
+        None,
+        description="dataset class name -> teacher class name, where names differ; a teacher "
+        "whose classes are a superset (e.g. COCO-80) is matched by name without it",
+    )
 
 
 # ----------------------------------------------------------------------------- training

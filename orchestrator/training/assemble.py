@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from detr_models.batch import Batch
 from detr_models.build import build_model
+from detr_models.class_subset import restrict_classes
 from detr_models.config import ModelConfig
 from detr_models.criterion import build_criterion
 from detr_models.matcher import HungarianMatcher
@@ -26,6 +28,7 @@ from orchestrator.evaluation.stability import MatchingStability
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training.model_source import load_model
 from orchestrator.training.optim import build_optimizer, build_scheduler
+from orchestrator.training.teacher_classes import teacher_class_index
 
 logger = logging.getLogger("detrdistill")
 
@@ -65,7 +68,7 @@ def assemble(spec: ExperimentSpec, device: torch.device, rank: int = 0) -> Train
         spec.distill,
         criterion,
         Student(model, model_config),
-        load_teacher(spec, num_classes, device),
+        load_teacher(spec, train_set.class_names, device),
     )
     data = spec.data
     loader = build_loader(train_set, data.batch_size, True, data.num_workers, spec.seed)
@@ -117,13 +120,31 @@ def assemble(spec: ExperimentSpec, device: torch.device, rank: int = 0) -> Train
     )
 
 
-def load_teacher(spec: ExperimentSpec, num_classes: int, device: torch.device) -> Teacher | None:
-    """The spec's frozen teacher on `device`, or None when the method needs none."""
+def load_teacher(
+    spec: ExperimentSpec, class_names: list[str], device: torch.device
+) -> Teacher | None:
+    """The spec's frozen teacher on `device`, restricted to the dataset's classes (by name or
+    `teacher.class_map`) when it has others, or None when the method needs none."""
     if spec.teacher is None or not spec.distill.needs_teacher:
         return None
-    config = spec.teacher.model.with_classes(num_classes)
-    model, _ = load_model(spec.teacher.weights, config, spec.mlflow.tracking_uri)
+    model, config = load_teacher_model(spec, class_names)
     return Teacher(model.to(device), config)
+
+
+def load_teacher_model(spec: ExperimentSpec, class_names: list[str]) -> tuple[nn.Module, Any]:
+    """(the teacher model with the dataset's classes, its config) from the spec."""
+    config = spec.teacher.model.with_classes(len(class_names))
+    model, payload = load_model(spec.teacher.weights, config, spec.mlflow.tracking_uri)
+    index = teacher_class_index(
+        payload["extra"].get("class_names"),
+        config.num_classes,
+        class_names,
+        spec.teacher.class_map,
+    )
+    if index is not None:
+        restrict_classes(model, index)
+        config = config.model_copy(update={"num_classes": len(index)})
+    return model, config
 
 
 def stability_probe(spec: ExperimentSpec) -> list[Batch]:

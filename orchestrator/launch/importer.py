@@ -1,0 +1,139 @@
+"""`detrdistill import`: a pretrained checkpoint users already hold (a local Hugging Face model
+folder, or `hf:<org>/<name>[@revision]` from the Hub) -> this product's plain model file, with
+its class names, optionally registered in MLflow. Nothing is unpickled as code."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from detr_models.config import REFERENCE_OPTIONS
+from detr_models.pretrained.hf_folder import Imported, ImportError_, import_hf
+from orchestrator.errors import UserInputError
+from orchestrator.training import checkpoints
+
+logger = logging.getLogger("detrdistill")
+
+HUB_PREFIX = "hf:"
+IMPORTS_EXPERIMENT = "imports"
+
+
+@dataclass
+class ImportResult:
+    model_file: Path
+    imported: Imported
+    registered_version: str | None
+
+
+def import_checkpoint(
+    source: str,
+    out: Path,
+    register_as: str | None = None,
+    tracking_uri: str | None = None,
+    size: int = 800,
+    max_size: int = 1333,
+) -> ImportResult:
+    """Import `source` into the model file `out` (written only when everything mapped)."""
+    if out.exists() and out.is_dir():
+        raise UserInputError(f"--out {out} is a folder; give a file name such as {out}/model.pt")
+    folder = resolve_source(source)
+    try:
+        imported = import_hf(folder)
+    except ImportError_ as err:
+        raise UserInputError(str(err)) from None
+    extra = {
+        "class_names": imported.class_names,
+        "label_to_category": list(range(len(imported.class_names))),
+        "eval_size": size,
+        "max_size": max_size,
+        "source": source,
+    }
+    checkpoints.save_model_file(out, imported.model, imported.config, extra)
+    config = imported.config
+    options = ", ".join(f"{k}={v}" for k, v in REFERENCE_OPTIONS[config.architecture].items())
+    logger.info(
+        f"imported {source}: {config.architecture}, backbone {config.backbone}, "
+        f"{config.num_classes} classes, {imported.mapped} tensors mapped, "
+        f"{sum(p.numel() for p in imported.model.parameters()) / 1e6:.1f} M parameters\n"
+        f"  reference options: {options}\n  wrote {out}"
+    )
+    version = None
+    if register_as:
+        version = _register(out, imported, extra, register_as, tracking_uri, source)
+        logger.info(f"  registered as models:/{register_as}/{version}")
+    return ImportResult(out, imported, version)
+
+
+def resolve_source(source: str) -> Path:
+    """A local HF model folder for `source` (downloaded from the Hub for `hf:...`)."""
+    if source.startswith(HUB_PREFIX):
+        return _download(source[len(HUB_PREFIX) :])
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        raise UserInputError(
+            f"{source}: official-repo .pth checkpoints are not importable yet; import the same "
+            "model from its Hugging Face folder (hf:<org>/<name>) instead"
+        )
+    raise UserInputError(
+        f"{source}: not found; give a local Hugging Face model folder (config.json + "
+        "*.safetensors) or hf:<org>/<name>[@revision]"
+    )
+
+
+def _download(repo: str) -> Path:
+    repo_id, _, revision = repo.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise UserInputError(f"hf:{repo}: expected hf:<org>/<name>[@revision]")
+    from huggingface_hub import snapshot_download
+
+    logger.info(f"downloading {repo_id} from the Hugging Face Hub (cached)")
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision or None,
+                allow_patterns=["config.json", "*.safetensors"],
+            )
+        )
+    except Exception as err:
+        raise UserInputError(
+            f"hf:{repo}: cannot download ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "without internet, copy the model folder here and import the folder"
+        ) from None
+
+
+def _register(
+    model_file: Path,
+    imported: Imported,
+    extra: dict,
+    name: str,
+    tracking_uri: str | None,
+    source: str,
+) -> str | None:
+    from orchestrator import tracking
+    from orchestrator.launch.export import ExportedDetector
+    from orchestrator.spec.paths import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    experiment_id = tracking.ensure_experiment(uri, IMPORTS_EXPERIMENT)
+    run_id, _ = tracking.find_or_create_run(
+        uri, experiment_id, f"import-{name}", f"import-{name}", {"source": source}
+    )
+    run_logger = tracking.RunLogger(uri, run_id)
+    try:
+        run_logger.artifact(model_file, "model")
+        example = np.zeros((1, 3, 64, 64), dtype=np.float32)
+        exported = ExportedDetector(imported.model, extra).eval()
+        version = tracking.log_model(
+            uri, run_id, exported, example, model_file, name, f"imported from {source}"
+        )
+    except Exception:
+        run_logger.finish("FAILED")
+        raise
+    run_logger.finish()
+    return version

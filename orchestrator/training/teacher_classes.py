@@ -1,0 +1,49 @@
+"""Which of a teacher's classes stand for each of the dataset's: by name (the teacher's model
+file carries its class names), or by the spec's `teacher.class_map`."""
+
+from __future__ import annotations
+
+from orchestrator.errors import UserInputError
+
+
+def teacher_class_index(
+    teacher_names: list[str] | None,
+    teacher_count: int,
+    dataset_names: list[str],
+    class_map: dict[str, str] | None,
+) -> list[int] | None:
+    """For each dataset class, the teacher's class index; None when the teacher's classes are
+    the dataset's as they are (same count, no map). Raises UserInputError naming both lists."""
+    if class_map is None and teacher_count == len(dataset_names):
+        return None
+    if not teacher_names:
+        raise UserInputError(
+            f"teacher: {teacher_count} classes against the dataset's {len(dataset_names)}, and "
+            "its model file names none; use a teacher trained on these classes, or one "
+            "imported with `detrdistill import` (which keeps its class names)"
+        )
+    unknown = sorted(set(class_map or {}) - set(dataset_names))
+    if unknown:
+        raise UserInputError(
+            f"teacher.class_map: {unknown} are not dataset classes; dataset classes: {dataset_names}"
+        )
+    by_name = {name.lower(): i for i, name in enumerate(teacher_names)}
+    index, missing = [], []
+    for name in dataset_names:
+        wanted = (class_map or {}).get(name, name)
+        if wanted.lower() in by_name:
+            index.append(by_name[wanted.lower()])
+        else:
+            missing.append(name if wanted == name else f"{name} -> {wanted}")
+    if missing:
+        raise UserInputError(
+            f"teacher: no teacher class for dataset class(es) {missing}. Dataset classes: "
+            f"{dataset_names}; teacher classes: {_short(teacher_names)}. Map them in "
+            "teacher.class_map (dataset class: teacher class)"
+        )
+    return index
+
+
+def _short(names: list[str], limit: int = 100) -> str:
+    shown = [n for n in names if n.upper() != "N/A"][:limit]
+    return str(shown) + (" ..." if len(names) > limit else "")

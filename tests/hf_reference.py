@@ -1,0 +1,93 @@
+"""Hugging Face transformers models built from their configs with random weights (nothing is
+downloaded), perturbed so no weight sits at its initial value, saved as Hub folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SMALL = {
+    "d_model": 64,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128,
+    "num_queries": 12,
+    "dropout": 0.0,
+}
+NAMES = {0: "cat", 1: "dog", 2: "bird", 3: "car", 4: "tree"}
+
+
+def resnet18_config(stages: list[str]):
+    from transformers import ResNetConfig
+
+    return ResNetConfig(
+        layer_type="basic",
+        depths=[2, 2, 2, 2],
+        hidden_sizes=[64, 128, 256, 512],
+        embedding_size=64,
+        out_features=stages,
+    )
+
+
+def hf_model(kind: str, seed: int = 0):
+    """An HF DETR-family detector (eval mode) with perturbed random weights and BN statistics."""
+    import transformers as hf
+
+    torch.manual_seed(seed)
+    if kind == "detr":
+        model = hf.DetrForObjectDetection(
+            hf.DetrConfig(backbone_config=resnet18_config(["stage4"]), id2label=NAMES, **SMALL)
+        )
+    elif kind == "conditional_detr":
+        model = hf.ConditionalDetrForObjectDetection(
+            hf.ConditionalDetrConfig(
+                backbone_config=resnet18_config(["stage4"]), id2label=NAMES, **SMALL
+            )
+        )
+    else:
+        model = hf.DeformableDetrForObjectDetection(
+            hf.DeformableDetrConfig(
+                backbone_config=resnet18_config(["stage2", "stage3", "stage4"]),
+                id2label=NAMES,
+                num_feature_levels=4,
+                with_box_refine=kind == "deformable_refine",
+                **SMALL,
+            )
+        )
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+    return model.eval()
+
+
+def save_folder(model, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    return folder
+
+
+def edit_config(folder: Path, **changes) -> None:
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def padded_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two images [2,3,96,128], the second padded right and bottom: (pixels, HF pixel_mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(2, 3, 96, 128, generator=generator)
+    mask = torch.ones(2, 96, 128, dtype=torch.long)
+    mask[1, :, 100:] = 0
+    mask[1, 70:] = 0
+    pixels[1][:, mask[1] == 0] = 0
+    return pixels, mask

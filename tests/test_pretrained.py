@@ -1,0 +1,147 @@
+"""Imported Hugging Face checkpoints give the outputs of the transformers implementation (built
+from its config with random weights; nothing downloaded), and bad imports are refused whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from orchestrator.cli.main import main
+from orchestrator.training.model_source import load_model
+from tests.hf_reference import edit_config, hf_model, padded_batch, save_folder
+
+pytest.importorskip("transformers")
+
+KINDS = ["detr", "conditional_detr", "deformable", "deformable_refine"]
+
+
+def _probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    # HF DETR scores with a softmax over K + no-object; the others with a sigmoid
+    return logits.softmax(-1)[..., :-1] if kind == "detr" else logits.sigmoid()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_imported_model_matches_transformers(tmp_path, kind):
+    reference = hf_model(kind)
+    folder = save_folder(reference, tmp_path / "hf")
+    assert main(["import", str(folder), "--out", str(tmp_path / "model.pt")]) == 0
+    model, payload = load_model(str(tmp_path / "model.pt"))
+    assert payload["extra"]["class_names"] == ["cat", "dog", "bird", "car", "tree"]
+    pixels, mask = padded_batch()
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels, pixel_mask=mask)
+        ours = model.eval()(pixels, mask == 0)
+    probs = ours.logits[-1].sigmoid()
+    assert (probs - _probabilities(kind, expected.logits)).abs().max() <= 1e-4
+    assert (ours.boxes[-1] - expected.pred_boxes).abs().max() <= 1e-4
+
+
+def test_weight_names_of_both_transformers_generations_import_the_same(tmp_path):
+    # save_pretrained writes the Hub's (older) names; the in-memory model has the v5 names
+    reference = hf_model("detr")
+    folder = save_folder(reference, tmp_path / "hf")
+    weights = folder / "model.safetensors"
+    stored = load_file(str(weights))
+    current = {k: v.clone() for k, v in reference.state_dict().items()}
+    assert "model.backbone.conv_encoder.model.embedder.embedder.convolution.weight" in stored
+    assert "model.backbone.model.embedder.embedder.convolution.weight" in current
+    save_file(current, str(weights))
+    assert main(["import", str(folder), "--out", str(tmp_path / "model.pt")]) == 0
+    model, _ = load_model(str(tmp_path / "model.pt"))
+    pixels, mask = padded_batch()
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels, pixel_mask=mask)
+        ours = model.eval()(pixels, mask == 0)
+    assert (ours.boxes[-1] - expected.pred_boxes).abs().max() <= 1e-4
+
+
+def _refused(tmp_path, capsys, folder, *needles):
+    out = tmp_path / "model.pt"
+    capsys.readouterr()  # (transformers' own progress output while saving)
+    assert main(["import", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists()  # nothing written
+
+
+def test_an_unsupported_architecture_is_refused(tmp_path, capsys):
+    folder = save_folder(hf_model("detr"), tmp_path / "hf")
+    edit_config(folder, model_type="yolos")
+    _refused(tmp_path, capsys, folder, "config.json", "'yolos'", "supported")
+
+
+def test_a_truncated_weights_file_is_refused(tmp_path, capsys):
+    folder = save_folder(hf_model("detr"), tmp_path / "hf")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    _refused(tmp_path, capsys, folder, "model.safetensors", "truncated")
+
+
+def test_weights_that_do_not_fit_the_config_are_listed(tmp_path, capsys):
+    folder = save_folder(hf_model("conditional_detr"), tmp_path / "hf")
+    edit_config(folder, d_model=128, encoder_ffn_dim=256, decoder_ffn_dim=256)
+    _refused(
+        tmp_path, capsys, folder, "mis-shaped", "class_head.weight: file (5, 64), model (5, 128)"
+    )
+
+
+def test_a_missing_folder_and_an_official_pth_get_their_own_messages(tmp_path, capsys):
+    _refused(tmp_path, capsys, tmp_path / "nothing", "not found", "hf:<org>/<name>")
+    pth = tmp_path / "detr-r50.pth"
+    pth.write_bytes(b"x")
+    _refused(tmp_path, capsys, pth, ".pth", "not importable yet")
+
+
+def test_the_hub_teacher_recipe_is_what_the_import_writes():
+    # the fields of SenseTime/deformable-detr-with-box-refine's config.json (timm ResNet-50)
+    from detr_models.pretrained.hf_config import config_from_hf
+    from orchestrator.spec.loader import load_spec
+
+    hub = {
+        "model_type": "deformable_detr",
+        "use_timm_backbone": True,
+        "backbone": "resnet50",
+        "backbone_config": None,
+        "dilation": False,
+        "d_model": 256,
+        "encoder_layers": 6,
+        "decoder_layers": 6,
+        "encoder_attention_heads": 8,
+        "decoder_attention_heads": 8,
+        "encoder_ffn_dim": 1024,
+        "decoder_ffn_dim": 1024,
+        "num_queries": 300,
+        "num_feature_levels": 4,
+        "encoder_n_points": 4,
+        "decoder_n_points": 4,
+        "with_box_refine": True,
+        "two_stage": False,
+        "dropout": 0.1,
+        "auxiliary_loss": False,
+        "position_embedding_type": "sine",
+        "id2label": {str(i): f"class {i}" for i in range(91)},
+    }
+    config, names = config_from_hf(hub)
+    recipe = load_spec("experiments/coco_detrdistill_hf_deformable_refine_r50.yaml")
+    assert len(names) == 91
+    assert recipe.teacher.model.model_dump() == config.model_dump()
+
+
+def test_timm_backbone_names_map_to_the_torchvision_resnet():
+    from detr_models.config import tiny_config
+    from detr_models.pretrained.hf_keys import convert_hf_state
+
+    config = tiny_config("detr", backbone="resnet50")
+    names = {
+        "model.backbone.conv_encoder.model.conv1.weight": "backbone.stem.0.weight",
+        "model.backbone.conv_encoder.model.bn1.running_var": "backbone.stem.1.running_var",
+        "model.backbone.conv_encoder.model.layer3.5.bn2.weight": "backbone.stages.2.5.bn2.weight",
+        "model.backbone.conv_encoder.model.layer1.0.downsample.1.bias": (
+            "backbone.stages.0.0.downsample.1.bias"
+        ),
+    }
+    converted, unmapped = convert_hf_state({k: torch.zeros(1) for k in names}, config)
+    assert unmapped == [] and sorted(converted) == sorted(names.values())
