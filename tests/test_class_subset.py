@@ -38,7 +38,9 @@ def test_teacher_classes_are_matched_by_name_or_by_the_map():
     coco = ["N/A", "person", "bicycle", "car", "Dog"]
     assert teacher_class_index(coco, 5, ["dog", "person"], None) == [4, 1]
     assert teacher_class_index(coco, 5, ["puppy", "car"], {"puppy": "dog"}) == [4, 3]
-    assert teacher_class_index(coco[1:], 4, ["a", "b", "c", "d"], None) is None  # same count
+    assert teacher_class_index(["LABEL_0", "LABEL_1"], 2, ["a", "b"], None) is None
+    assert teacher_class_index(["a", "b"], 2, ["a", "b"], None) is None
+    assert teacher_class_index(["b", "a"], 2, ["a", "b"], None) == [1, 0]
 
 
 def test_unmappable_teacher_classes_name_both_lists():

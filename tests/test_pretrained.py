@@ -145,3 +145,50 @@ def test_timm_backbone_names_map_to_the_torchvision_resnet():
     }
     converted, unmapped = convert_hf_state({k: torch.zeros(1) for k in names}, config)
     assert unmapped == [] and sorted(converted) == sorted(names.values())
+
+
+def _spec_with_imported_teacher(tmp_path, tiny_spec, names):
+    from tests.hf_reference import NAMES
+
+    NAMES.clear()
+    NAMES.update(dict(enumerate(names)))
+    try:
+        folder = save_folder(hf_model("deformable"), tmp_path / "hf")
+    finally:
+        NAMES.clear()
+        NAMES.update({0: "cat", 1: "dog", 2: "bird", 3: "car", 4: "tree"})
+    assert main(["import", str(folder), "--out", str(tmp_path / "teacher.pt")]) == 0
+    _, payload = load_model(str(tmp_path / "teacher.pt"))
+    teacher = {"model": payload["config"], "weights": str(tmp_path / "teacher.pt")}
+    return tiny_spec(tmp_path, register_as=None, teacher=teacher)
+
+
+def test_an_imported_teacher_with_more_classes_is_kept_to_the_datasets(tmp_path, tiny_spec):
+    from orchestrator.data.build import build_datasets
+    from orchestrator.launch.run import preflight
+    from orchestrator.training.assemble import load_teacher_model
+
+    names = ["N/A", "star", "circle", "square", "triangle", "diamond", "cross", "ellipse"]
+    names += ["pentagon", "person"]
+    spec = _spec_with_imported_teacher(tmp_path, tiny_spec, names)
+    classes = build_datasets(spec.data)[0].class_names
+    assert preflight(spec) == len(classes)
+    whole, _ = load_model(spec.teacher.weights)
+    kept, config = load_teacher_model(spec, classes)
+    assert kept.num_classes == config.num_classes == len(classes)
+    pixels, mask = padded_batch()
+    with torch.no_grad():
+        before = whole.eval()(pixels, mask == 0).logits
+        after = kept.eval()(pixels, mask == 0).logits
+    index = [names.index(name) for name in classes]
+    assert torch.equal(after, before[..., index])
+
+
+def test_an_imported_teacher_missing_a_class_is_refused_naming_both(tmp_path, tiny_spec):
+    from orchestrator.errors import UserInputError
+    from orchestrator.launch.run import preflight
+
+    spec = _spec_with_imported_teacher(tmp_path, tiny_spec, ["N/A", "circle", "person"])
+    with pytest.raises(UserInputError) as info:
+        preflight(spec)
+    assert "teacher classes" in str(info.value) and "circle" in str(info.value)

@@ -3,6 +3,8 @@ file carries its class names), or by the spec's `teacher.class_map`."""
 
 from __future__ import annotations
 
+import re
+
 from orchestrator.errors import UserInputError
 
 
@@ -14,8 +16,9 @@ def teacher_class_index(
 ) -> list[int] | None:
     """For each dataset class, the teacher's class index; None when the teacher's classes are
     the dataset's as they are (same count, no map). Raises UserInputError naming both lists."""
-    if class_map is None and teacher_count == len(dataset_names):
-        return None
+    same_count = teacher_count == len(dataset_names)
+    if class_map is None and same_count and (not teacher_names or _generic(teacher_names)):
+        return None  # nothing to match by: the classes are taken as they are
     if not teacher_names:
         raise UserInputError(
             f"teacher: {teacher_count} classes against the dataset's {len(dataset_names)}, and "
@@ -41,7 +44,12 @@ def teacher_class_index(
             f"{dataset_names}; teacher classes: {_short(teacher_names)}. Map them in "
             "teacher.class_map (dataset class: teacher class)"
         )
-    return index
+    return None if same_count and index == list(range(teacher_count)) else index
+
+
+def _generic(names: list[str]) -> bool:
+    """Names that say nothing (transformers' LABEL_0, ...; class_0, ...)."""
+    return all(re.fullmatch(r"(label|class)_\d+", n.lower()) for n in names)
 
 
 def _short(names: list[str], limit: int = 100) -> str:
