@@ -56,6 +56,16 @@ def _assemble(
         c.dropout,
         _box_head(c, zero_box_head),
     )
+    return _detector(c, backbone, encoder, decoder, class_head=class_head)
+
+
+def _detector(
+    c: ModelConfig, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module, **options: Any
+) -> Detector:
+    """The Detector of `c`, with the options every config carries (position encoding, norms)."""
+    position = PositionEmbeddingSine(
+        c.hidden_dim // 2, c.position_temperature, c.position_order, c.position_offset
+    )
     return Detector(
         backbone,
         encoder,
@@ -64,17 +74,10 @@ def _assemble(
         c.hidden_dim,
         c.num_queries,
         c.query_kind,
-        class_head=class_head,
-        **_shared_options(c),
+        position=position,
+        input_norm=c.input_norm,
+        **options,
     )
-
-
-def _shared_options(c: ModelConfig) -> dict[str, Any]:
-    """The Detector options every architecture's config carries (position encoding, norms)."""
-    position = PositionEmbeddingSine(
-        c.hidden_dim // 2, c.position_temperature, c.position_order, c.position_offset
-    )
-    return {"position": position, "input_norm": c.input_norm}
 
 
 def build_detr(c: DetrConfig) -> Detector:
@@ -127,20 +130,16 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
     else:
         class_head = nn.Linear(c.hidden_dim, c.num_classes)
     proposals = TwoStageProposals(c.hidden_dim, c.num_classes) if c.two_stage else None
-    return Detector(
+    return _detector(
+        c,
         backbone,
         encoder,
         decoder,
-        c.num_classes,
-        c.hidden_dim,
-        c.num_queries,
-        c.query_kind,
         extra_levels=extra,
         learned_content=True,
         class_head=class_head,
         proposals=proposals,
         mask_extra_levels=c.mask_extra_levels,
-        **_shared_options(c),
     )
 
 

@@ -15,6 +15,7 @@ from detr_models.build import build_model
 from detr_models.config import ModelConfig
 from detr_models.pretrained.hf_config import UnsupportedCheckpoint, config_from_hf
 from detr_models.pretrained.hf_keys import convert_hf_state
+from detr_models.state_fit import fit_problems
 
 
 class ImportError_(ValueError):
@@ -85,7 +86,10 @@ def import_hf(folder: str | Path) -> Imported:
         raise ImportError_(f"{Path(folder) / 'config.json'}: {err}") from None
     converted, unmapped = convert_hf_state(state, config)
     model = build_model(config)
-    problems = _fit_problems(model, converted, unmapped)
+    problems = fit_problems(model, converted, limit=8)
+    if unmapped:
+        more = f" (+{len(unmapped) - 8} more)" if len(unmapped) > 8 else ""
+        problems.insert(0, f"unmapped (no rule for these names): {', '.join(unmapped[:8])}{more}")
     if problems:
         raise ImportError_(
             f"{folder}: the weights do not fit a {config.architecture} built from its "
@@ -93,27 +97,3 @@ def import_hf(folder: str | Path) -> Imported:
         )
     model.load_state_dict(converted)
     return Imported(config, model.eval(), names, len(converted))
-
-
-def _fit_problems(
-    model: nn.Module, state: dict[str, torch.Tensor], unmapped: list[str]
-) -> list[str]:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    problems = []
-    for label, keys in (
-        ("unmapped (no rule for these names)", unmapped),
-        ("missing from the file", missing),
-        ("not in the model", unexpected),
-        ("mis-shaped", shapes),
-    ):
-        if keys:
-            more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
-            problems.append(f"{label}: {', '.join(keys[:8])}{more}")
-    return problems

@@ -52,11 +52,13 @@ _BACKBONE = [
     (r"^model\.backbone\.model\.layer(\d)\.", lambda m: f"backbone.stages.{int(m[1]) - 1}."),
 ]
 
-_TRANSFORMER = [
-    (r"^model\.query_position_embeddings\.", "query_position."),
+_FFN = [
     (r"^model\.(en|de)coder\.layers\.(\d+)\.mlp\.fc1\.", r"\1coder.layers.\2.ffn.linear1."),
     (r"^model\.(en|de)coder\.layers\.(\d+)\.mlp\.fc2\.", r"\1coder.layers.\2.ffn.linear2."),
     (r"^model\.(en|de)coder\.layers\.(\d+)\.final_layer_norm\.", r"\1coder.layers.\2.ffn.norm."),
+]
+
+_NORMS = [
     (
         r"^model\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.",
         r"encoder.layers.\1.attn_out.norm.",
@@ -69,22 +71,35 @@ _TRANSFORMER = [
         r"^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.",
         r"decoder.layers.\1.cross_out.norm.",
     ),
+]
+
+_TRANSFORMER = [
+    *_FFN,
+    (r"^model\.query_position_embeddings\.", "query_position."),
+    *_NORMS,
     (r"^model\.decoder\.layernorm\.", "decoder.norm."),
     (r"^bbox_predictor\.", "decoder.box_head."),
 ]
 
-_DETR = [
+_SINGLE_SCALE_ENCODER = [
     (r"^model\.input_projection\.", "input_convs.0."),
     (
         r"^model\.encoder\.layers\.(\d+)\.self_attn\.o_proj\.",
         r"encoder.layers.\1.self_attn.attn.out_proj.",
     ),
     (r"^model\.encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.self_attn."),
+]
+
+_DECODER_SELF_ATTN = [
     (
         r"^model\.decoder\.layers\.(\d+)\.self_attn\.o_proj\.",
         r"decoder.layers.\1.self_attn.attn.out_proj.",
     ),
     (r"^model\.decoder\.layers\.(\d+)\.self_attn\.", r"decoder.layers.\1.self_attn."),
+]
+
+_DETR = [
+    *_DECODER_SELF_ATTN,
     (
         r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.o_proj\.",
         r"decoder.layers.\1.cross_attn.attn.out_proj.",
@@ -108,12 +123,6 @@ _CONDITIONAL_PROJ = {
     "encoder_attn.o_proj": "cross_attn.out_proj",
 }
 _CONDITIONAL = [
-    (r"^model\.input_projection\.", "input_convs.0."),
-    (
-        r"^model\.encoder\.layers\.(\d+)\.self_attn\.o_proj\.",
-        r"encoder.layers.\1.self_attn.attn.out_proj.",
-    ),
-    (r"^model\.encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.self_attn."),
     (
         r"^model\.decoder\.layers\.(\d+)\.((?:self|encoder)_attn\.\w+)\.",
         lambda m: f"decoder.layers.{m[1]}.{_CONDITIONAL_PROJ.get(m[2], m[2])}.",
@@ -125,17 +134,19 @@ _CONDITIONAL = [
 RULES = {
     "detr": _BACKBONE
     + _TRANSFORMER
+    + _SINGLE_SCALE_ENCODER
     + _DETR
     + [(r"^class_labels_classifier\.", "class_head.linear.")],
     "conditional_detr": _BACKBONE
     + _TRANSFORMER
+    + _SINGLE_SCALE_ENCODER
     + _CONDITIONAL
     + [(r"^class_labels_classifier\.", "class_head.")],
 }
 _IGNORED = re.compile(r"(num_batches_tracked|\.fc\.(weight|bias))$")
 
 
-RULES["deformable_detr"] = _BACKBONE + DEFORMABLE
+RULES["deformable_detr"] = _BACKBONE + _FFN + _NORMS + _DECODER_SELF_ATTN + DEFORMABLE
 
 
 def convert_hf_state(

@@ -8,32 +8,12 @@ import re
 
 import torch
 
-DEFORMABLE = [
+DEFORMABLE = [  # after the shared feed-forward, norm and self-attention rules
     (r"^model\.level_embed$", "level_embed"),
     (r"^model\.input_proj\.(\d+)\.0\.", r"input_convs.\1."),
     (r"^model\.input_proj\.(\d+)\.1\.", r"input_norms.\1."),
     (r"^model\.encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.attn."),
-    (
-        r"^model\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.",
-        r"encoder.layers.\1.attn_out.norm.",
-    ),
-    (r"^model\.(en|de)coder\.layers\.(\d+)\.mlp\.fc1\.", r"\1coder.layers.\2.ffn.linear1."),
-    (r"^model\.(en|de)coder\.layers\.(\d+)\.mlp\.fc2\.", r"\1coder.layers.\2.ffn.linear2."),
-    (r"^model\.(en|de)coder\.layers\.(\d+)\.final_layer_norm\.", r"\1coder.layers.\2.ffn.norm."),
-    (
-        r"^model\.decoder\.layers\.(\d+)\.self_attn\.o_proj\.",
-        r"decoder.layers.\1.self_attn.attn.out_proj.",
-    ),
-    (r"^model\.decoder\.layers\.(\d+)\.self_attn\.", r"decoder.layers.\1.self_attn."),
-    (
-        r"^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.",
-        r"decoder.layers.\1.self_out.norm.",
-    ),
     (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.", r"decoder.layers.\1.cross_attn."),
-    (
-        r"^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.",
-        r"decoder.layers.\1.cross_out.norm.",
-    ),
     (r"^model\.reference_points\.", "decoder.reference_head."),
 ]
 _HEAD = re.compile(

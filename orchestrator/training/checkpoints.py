@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from detr_models.config import ModelConfig
+from detr_models.state_fit import fit_problems
 from orchestrator.errors import UserInputError
 
 MODEL_FORMAT = "detrdistill-model/1"
@@ -83,27 +84,11 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load strictly; a mismatch lists the missing, unexpected and wrongly shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state_dict))
-        if state_dict[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape mismatch", shapes),
-        ):
-            if keys:
-                more = f" (+{len(keys) - 6} more)" if len(keys) > 6 else ""
-                parts.append(f"{label}: {', '.join(keys[:6])}{more}")
+    problems = fit_problems(model, state_dict)
+    if problems:
         raise UserInputError(
             f"weights from {source} do not fit the configured model; "
-            + "; ".join(parts)
+            + "; ".join(problems)
             + ". Make the model config match the one the weights were trained with."
         )
     model.load_state_dict(state_dict)
