@@ -43,11 +43,14 @@ def _assemble(
     decoder_cls: Callable[..., nn.Module],
     zero_box_head: bool,
     class_head: nn.Module | None = None,
+    encoder_options: dict[str, Any] | None = None,
 ) -> Detector:
     backbone = build_backbone(
         c.backbone, c.levels, c.frozen_stages, c.backbone_weights, c.tiny_width
     )
-    encoder = TransformerEncoder(c.hidden_dim, c.num_heads, c.ffn_dim, c.encoder_layers, c.dropout)
+    encoder = TransformerEncoder(
+        c.hidden_dim, c.num_heads, c.ffn_dim, c.encoder_layers, c.dropout, **(encoder_options or {})
+    )
     decoder = decoder_cls(
         c.hidden_dim,
         c.num_heads,
@@ -94,7 +97,14 @@ def build_conditional_detr(c: ModelConfig) -> Detector:
 
 def build_dab_detr(c: DabDetrConfig) -> Detector:
     """DAB-DETR: anchor-box queries refined stage by stage."""
-    return _assemble(c, DabDecoder, zero_box_head=True)
+    decoder = partial(
+        DabDecoder,
+        order=c.position_order,
+        activation=c.ffn_activation,
+        reference_update=c.reference_anchor_update,
+    )
+    encoder = {"activation": c.ffn_activation, "query_scale": c.encoder_query_scale}
+    return _assemble(c, decoder, zero_box_head=True, encoder_options=encoder)
 
 
 def build_deformable_detr(c: DeformableDetrConfig) -> Detector:

@@ -30,7 +30,13 @@ class ConditionalDecoderLayer(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, ffn_dim: int, dropout: float, is_first: bool
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        is_first: bool,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -47,7 +53,7 @@ class ConditionalDecoderLayer(nn.Module):
         self.ca_q_pos = nn.Linear(dim, dim) if is_first else None
         self.cross_attn = MultiHeadAttention(dim, num_heads, dropout)
         self.cross_out = ResidualNorm(dim, dropout)
-        self.ffn = FeedForward(dim, ffn_dim, dropout)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, activation)
 
     def forward(
         self,
@@ -76,10 +82,10 @@ class ConditionalDecoderLayer(nn.Module):
 
 
 def _layers(
-    dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float
+    dim: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float, activation: str
 ) -> nn.ModuleList:
     return nn.ModuleList(
-        ConditionalDecoderLayer(dim, num_heads, ffn_dim, dropout, is_first=i == 0)
+        ConditionalDecoderLayer(dim, num_heads, ffn_dim, dropout, i == 0, activation)
         for i in range(num_layers)
     )
 
@@ -99,7 +105,7 @@ class ConditionalDecoder(nn.Module):
         order: str = "xy",
     ) -> None:
         super().__init__()
-        self.layers = _layers(dim, num_heads, ffn_dim, num_layers, dropout)
+        self.layers = _layers(dim, num_heads, ffn_dim, num_layers, dropout, "relu")
         self.norm = nn.LayerNorm(dim)
         self.order = order  # of the reference point's sine blocks: the feature map's order
         self.reference_head = MLP(dim, dim, 2, 2)
@@ -140,7 +146,12 @@ class ConditionalDecoder(nn.Module):
 class DabDecoder(nn.Module):
     """DAB-DETR: 4-D anchor boxes as queries, refined stage to stage (detached between stages);
     the positional query comes from the anchor's sine embedding and the spatial attention is
-    modulated by the anchor's width and height. position [B,Q,4] normalised cxcywh."""
+    modulated by the anchor's width and height. position [B,Q,4] normalised cxcywh.
+
+    `order` "yx" encodes anchors as (y, x, w, h) blocks, as the reference does (with its
+    feature maps in the same order). `reference_update`: the next anchor comes from the box
+    head on the un-normed layer output and the width/height ratio is not clamped (the
+    reference); else both use the normed output and the anchor size is clamped at 1e-3."""
 
     def __init__(
         self,
@@ -150,9 +161,14 @@ class DabDecoder(nn.Module):
         num_layers: int,
         dropout: float,
         box_head: nn.Module,
+        order: str = "xy",
+        activation: str = "relu",
+        reference_update: bool = False,
     ) -> None:
         super().__init__()
-        self.layers = _layers(dim, num_heads, ffn_dim, num_layers, dropout)
+        self.layers = _layers(dim, num_heads, ffn_dim, num_layers, dropout, activation)
+        self.order = order
+        self.reference_update = reference_update
         self.norm = nn.LayerNorm(dim)
         self.reference_head = MLP(2 * dim, dim, dim, 2)
         self.query_scale = MLP(dim, dim, dim, 2)
@@ -175,15 +191,22 @@ class DabDecoder(nn.Module):
         anchor = position
         out = content
         hidden, boxes, references = [], [], []
+        first, second = (0, 1) if self.order == "xy" else (1, 0)  # coordinate of each block
         for i, layer in enumerate(self.layers):
-            sine = sine_encode(anchor, half)  # [B,Q,2D]: x, y, w, h blocks
+            point = anchor if self.order == "xy" else anchor[..., [1, 0, 2, 3]]
+            sine = sine_encode(point, half)  # [B,Q,2D]: x, y (or y, x), w, h blocks
             query_pos = self.reference_head(sine)  # [B,Q,D]
             scale = 1.0 if i == 0 else self.query_scale(out)
-            spatial = sine[..., : self.dim] * scale  # [B,Q,D]: x, y blocks
+            spatial = sine[..., : self.dim] * scale  # [B,Q,D]: the two centre blocks
             size = self.anchor_size_head(out).sigmoid()  # [B,Q,2] expected (w, h)
-            ratio = size / anchor[..., 2:].clamp(min=1e-3)
+            wh = anchor[..., 2:] if self.reference_update else anchor[..., 2:].clamp(min=1e-3)
+            ratio = size / wh
             spatial = torch.cat(
-                (spatial[..., :half] * ratio[..., :1], spatial[..., half:] * ratio[..., 1:]), dim=-1
+                (
+                    spatial[..., :half] * ratio[..., first : first + 1],
+                    spatial[..., half:] * ratio[..., second : second + 1],
+                ),
+                dim=-1,
             )
             out = layer(out, query_pos, spatial, memory, memory_pos, memory_mask, self_attn_mask)
             normed = self.norm(out)
@@ -191,5 +214,8 @@ class DabDecoder(nn.Module):
             hidden.append(normed)
             boxes.append(refined)
             references.append(anchor)
-            anchor = refined.detach()
+            if self.reference_update:  # the reference refines the anchor from the raw output
+                anchor = (self.box_head(out) + inverse_sigmoid(anchor)).sigmoid().detach()
+            else:
+                anchor = refined.detach()
         return DecoderOutput(torch.stack(hidden), torch.stack(boxes), torch.stack(references))

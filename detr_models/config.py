@@ -109,6 +109,17 @@ class DabDetrConfig(ModelConfig):
 
     architecture: Literal["dab_detr"] = "dab_detr"
     num_queries: Annotated[int, Field(gt=0, le=10_000)] = 300
+    ffn_activation: Literal["relu", "prelu"] = Field(
+        "relu", description="feed-forward activation; reference: prelu"
+    )
+    encoder_query_scale: bool = Field(
+        False, description="encoder positions scaled per layer by an MLP; reference: true"
+    )
+    reference_anchor_update: bool = Field(
+        False,
+        description="next anchor from the un-normed layer output, anchor size unclamped; "
+        "reference: true",
+    )
 
     @property
     def query_kind(self) -> str:
@@ -170,7 +181,15 @@ REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {
         "class_head": "softmax",
     },
     "conditional_detr": {"position_order": "yx", "position_offset": 0.0, "input_norm": "none"},
-    "dab_detr": {"position_order": "yx", "position_offset": 0.0, "input_norm": "none"},
+    "dab_detr": {
+        "position_order": "yx",
+        "position_offset": 0.0,
+        "position_temperature": 20.0,
+        "input_norm": "none",
+        "ffn_activation": "prelu",
+        "encoder_query_scale": True,
+        "reference_anchor_update": True,
+    },
     "deformable_detr": {
         "position_order": "yx",
         "position_offset": 0.5,

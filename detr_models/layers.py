@@ -25,17 +25,25 @@ class MLP(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Post-norm feed-forward block: x + dropout(W2 relu(W1 x)), then LayerNorm."""
+    """Post-norm feed-forward block: x + dropout(W2 act(W1 x)), then LayerNorm; act is ReLU,
+    or PReLU (one learned slope, as DAB-DETR)."""
 
-    def __init__(self, dim: int, ffn_dim: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, ffn_dim: int, dropout: float = 0.0, activation: str = "relu"
+    ) -> None:
         super().__init__()
+        if activation not in ("relu", "prelu"):
+            raise ValueError(f"activation must be relu or prelu, got {activation!r}")
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
+        self.activation = nn.PReLU() if activation == "prelu" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear2(self.dropout(F.relu(self.linear1(x))))
+        hidden = self.linear1(x)
+        hidden = F.relu(hidden) if self.activation is None else self.activation(hidden)
+        y = self.linear2(self.dropout(hidden))
         return self.norm(x + self.dropout(y))
 
 

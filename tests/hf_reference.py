@@ -49,6 +49,13 @@ def hf_model(kind: str, seed: int = 0):
                 backbone_config=resnet18_config(["stage4"]), id2label=NAMES, **SMALL
             )
         )
+    elif kind == "dab_detr":
+        small = {k: v for k, v in SMALL.items() if k != "d_model"}
+        model = hf.DabDetrForObjectDetection(
+            hf.DabDetrConfig(
+                backbone_config=resnet18_config(["stage4"]), id2label=NAMES, hidden_size=64, **small
+            )
+        )
     else:
         model = hf.DeformableDetrForObjectDetection(
             hf.DeformableDetrConfig(

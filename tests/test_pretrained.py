@@ -13,7 +13,7 @@ from tests.hf_reference import edit_config, hf_model, padded_batch, save_folder
 
 pytest.importorskip("transformers")
 
-KINDS = ["detr", "conditional_detr", "deformable", "deformable_refine"]
+KINDS = ["detr", "conditional_detr", "dab_detr", "deformable", "deformable_refine"]
 
 
 def _probabilities(kind: str, logits: torch.Tensor) -> torch.Tensor:

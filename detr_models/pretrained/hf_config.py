@@ -36,11 +36,6 @@ def architecture_of(hf: dict[str, Any]) -> str:
             f"model_type {model_type!r} is not a supported DETR-family architecture; "
             f"supported: {sorted(set(HF_ARCHITECTURES))}"
         )
-    if HF_ARCHITECTURES[model_type] == "dab_detr":
-        raise UnsupportedCheckpoint(
-            "DAB-DETR checkpoints are not importable yet: their PReLU feed-forward, encoder "
-            "position scaling and anchor update are not options of this product's DAB-DETR"
-        )
     return HF_ARCHITECTURES[model_type]
 
 
@@ -66,7 +61,7 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
         "num_classes": len(names),
         "backbone": backbone,
         "levels": levels,
-        "hidden_dim": hf.get("d_model", 256),
+        "hidden_dim": hf.get("d_model", hf.get("hidden_size", 256)),
         "num_heads": hf.get("encoder_attention_heads", 8),
         "encoder_layers": hf.get("encoder_layers", 6),
         "decoder_layers": hf.get("decoder_layers", 6),
@@ -95,6 +90,8 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
         )
         if data["two_stage"] and hf.get("two_stage_num_proposals", 300) != data["num_queries"]:
             raise UnsupportedCheckpoint("two_stage_num_proposals must equal num_queries")
+    if architecture == "dab_detr":
+        data.update(_dab_options(hf))
     try:
         return model_config_from_dict(data), names
     except ValueError as err:
@@ -144,3 +141,19 @@ def _backbone(hf: dict[str, Any], architecture: str) -> tuple[str, list[str]]:
 def _deformable_levels(num_feature_levels: int) -> list[str]:
     """Deformable DETR: one level -> C5; more -> C3, C4, C5 (then extra stride-2 levels)."""
     return ["C5"] if num_feature_levels == 1 else ["C3", "C4", "C5"]
+
+
+def _dab_options(hf: dict[str, Any]) -> dict[str, Any]:
+    """DAB-DETR's variants this product represents (the official ones), or a clear refusal."""
+    if hf.get("keep_query_pos") or hf.get("num_patterns", 0) or hf.get("query_dim", 4) != 4:
+        raise UnsupportedCheckpoint(
+            "DAB-DETR with keep_query_pos, num_patterns > 0 or query_dim != 4 is not supported"
+        )
+    _same("temperature_height", "temperature_width", hf)
+    activation = hf.get("activation_function", "prelu")
+    if activation not in ("prelu", "relu"):
+        raise UnsupportedCheckpoint(f"activation_function {activation!r}: prelu or relu only")
+    return {
+        "position_temperature": float(hf.get("temperature_height", 20)),
+        "ffn_activation": activation,
+    }

@@ -131,6 +131,40 @@ _CONDITIONAL = [
     (r"^model\.decoder\.ref_point_head\.", "decoder.reference_head."),
 ]
 
+_DAB_PROJ = {
+    "self_attn.self_attn_query_content_proj": "sa_q_content",
+    "self_attn.self_attn_query_pos_proj": "sa_q_pos",
+    "self_attn.self_attn_key_content_proj": "sa_k_content",
+    "self_attn.self_attn_key_pos_proj": "sa_k_pos",
+    "self_attn.self_attn_value_proj": "sa_v",
+    "self_attn.self_attn.output_proj": "self_attn.out_proj",
+    "self_attn.self_attn_layer_norm": "self_out.norm",
+    "cross_attn.cross_attn_query_content_proj": "ca_q_content",
+    "cross_attn.cross_attn_query_pos_proj": "ca_q_pos",
+    "cross_attn.cross_attn_key_content_proj": "ca_k_content",
+    "cross_attn.cross_attn_key_pos_proj": "ca_k_pos",
+    "cross_attn.cross_attn_value_proj": "ca_v",
+    "cross_attn.cross_attn_query_pos_sine_proj": "ca_q_sine",
+    "cross_attn.cross_attn.output_proj": "cross_attn.out_proj",
+    "cross_attn.cross_attn_layer_norm": "cross_out.norm",
+    "mlp.final_layer_norm": "ffn.norm",
+    "mlp.activation_fn": "ffn.activation",
+}
+_DAB = [
+    (r"^model\.query_refpoint_embeddings\.", "query_position."),
+    (r"^model\.encoder\.layers\.(\d+)\.activation_fn\.", r"encoder.layers.\1.ffn.activation."),
+    (r"^model\.encoder\.query_scale\.", "encoder.query_scale."),
+    (
+        r"^model\.decoder\.layers\.(\d+)\.((?:self_attn|cross_attn|mlp)\.[\w.]+?)\.(weight|bias)$",
+        lambda m: f"decoder.layers.{m[1]}.{_DAB_PROJ.get(m[2], m[2])}.{m[3]}",
+    ),
+    (r"^model\.decoder\.query_scale\.", "decoder.query_scale."),
+    (r"^model\.decoder\.ref_point_head\.", "decoder.reference_head."),
+    (r"^model\.decoder\.ref_anchor_head\.", "decoder.anchor_size_head."),
+    (r"^model\.decoder\.bbox_embed\.", None),  # the box predictor's tied copy
+    (r"^class_embed\.", "class_head."),
+]
+
 RULES = {
     "detr": _BACKBONE
     + _TRANSFORMER
@@ -146,6 +180,7 @@ RULES = {
 _IGNORED = re.compile(r"(num_batches_tracked|\.fc\.(weight|bias))$")
 
 
+RULES["dab_detr"] = _BACKBONE + _TRANSFORMER + _SINGLE_SCALE_ENCODER + _DAB
 RULES["deformable_detr"] = _BACKBONE + _FFN + _NORMS + _DECODER_SELF_ATTN + DEFORMABLE
 
 
@@ -166,6 +201,10 @@ def convert_hf_state(
             continue
         key = name
         for pattern, target in rules:
+            if target is None:  # a tied copy of a tensor mapped under another name
+                if re.search(pattern, key):
+                    break
+                continue
             new, count = re.subn(pattern, target, key, count=1)
             if count:
                 converted[new] = tensor
