@@ -190,3 +190,48 @@ def test_an_imported_teacher_missing_a_class_is_refused_naming_both(tmp_path, ti
     with pytest.raises(UserInputError) as info:
         preflight(spec)
     assert "teacher classes" in str(info.value) and "circle" in str(info.value)
+
+
+def test_predict_json_gives_the_detections_of_transformers_own_pipeline(tmp_path):
+    # HF's image processor (resize, normalise) and post_process_object_detection against
+    # `detrdistill predict --json`, on images of odd sizes
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from transformers import DeformableDetrImageProcessor
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (height, width) in enumerate([(77, 53), (61, 90)]):
+        path = tmp_path / f"image{i}.png"
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype("uint8")).save(path)
+        paths.append(path)
+    reference = hf_model("deformable_refine")
+    save_folder(reference, tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "model.pt")]) == 0
+    out = tmp_path / "detections.json"
+    command = ["predict", "--model", str(tmp_path / "model.pt"), *map(str, paths)]
+    command += ["--out", str(tmp_path / "drawn"), "--size", "64", "--max-size", "96"]
+    assert main([*command, "--json", str(out)]) == 0
+    ours = json.loads(out.read_text())
+    processor = DeformableDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    for path, record in zip(paths, ours, strict=True):
+        image = Image.open(path).convert("RGB")
+        with torch.no_grad():
+            outputs = reference(**processor(images=image, return_tensors="pt"))
+        (expected,) = processor.post_process_object_detection(
+            outputs, threshold=0.0, target_sizes=[(image.height, image.width)], top_k=100
+        )
+        boxes = expected["boxes"].clone()  # ours are clipped to the image
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.height)
+        found = record["detections"]
+        assert record["file_name"] == path.name and len(found) == len(expected["scores"])
+        scores = torch.tensor([d["score"] for d in found])
+        xyxy = torch.tensor([d["bbox"] for d in found])
+        xyxy[:, 2:] += xyxy[:, :2]
+        assert (scores - expected["scores"]).abs().max() <= 1e-3
+        assert (xyxy - boxes).abs().max() <= 0.5
+        assert [d["category_id"] for d in found] == expected["labels"].tolist()
+        assert found[0]["category"] in {"cat", "dog", "bird", "car", "tree"}

@@ -114,7 +114,10 @@ def test_model_sources_eval_predict_and_mismatch(tmp_path, capsys, tiny_spec):
     assert main(["predict", *args, *map(str, images), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == [p.name for p in images]
     predictions = json.loads((out / "predictions.json").read_text())
-    assert {p["file_name"] for p in predictions} == {p.name for p in images}
+    assert [p["file_name"] for p in predictions] == [p.name for p in images]
+    for image in predictions:
+        assert 0 < len(image["detections"]) <= 100
+        assert {d["category"] for d in image["detections"]} <= {"circle", "square", "triangle"}
     assert main(["predict", *args, str(tmp_path / "nope.png"), "--out", str(out)]) == 2
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from orchestrator.cli.args import dataset_paths
+from orchestrator.cli.args import dataset_paths, positive
 from orchestrator.errors import UserInputError
 
 
@@ -27,6 +27,13 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing")
+    predict.add_argument(
+        "--json", type=Path, help="detections as JSON here (default OUT/predictions.json)"
+    )
+    predict.add_argument("--max-size", type=int, help="longest side cap (default: the model's)")
+    predict.add_argument(
+        "--top-k", type=positive, default=100, help="detections kept per image (default 100)"
+    )
     predict.set_defaults(handler=_predict)
     add_import_command(commands)
 
@@ -102,7 +109,16 @@ def _predict(args: argparse.Namespace) -> int:
     if missing:
         raise UserInputError(f"predict: image file(s) not found: {', '.join(missing)}")
     written = predict_images(
-        args.model, args.images, args.out, args.tracking_uri, args.size, args.threshold
+        args.model,
+        args.images,
+        args.out,
+        args.tracking_uri,
+        args.size,
+        args.threshold,
+        args.json,
+        args.max_size,
+        args.top_k,
     )
-    print(f"wrote {len(written)} image(s) and predictions.json to {args.out}")
+    where = args.json or args.out / "predictions.json"
+    print(f"wrote {len(written)} image(s) to {args.out} and their detections to {where}")
     return 0

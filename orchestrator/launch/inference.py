@@ -68,16 +68,22 @@ def predict_images(
     tracking_uri: str | None = None,
     size: int | None = None,
     threshold: float = 0.3,
+    json_path: Path | None = None,
+    max_size: int | None = None,
+    top_k: int = 100,
 ) -> list[Path]:
-    """Draw detections on each image into `out_dir` and write `predictions.json` (COCO-style
-    results keyed by file name, with the original category ids)."""
+    """Draw detections on each image into `out_dir` and write `json_path` (default
+    `out_dir/predictions.json`): per image its file name, size and top-k detections in
+    original-image pixels, `{"bbox": [x, y, w, h], "score", "category_id", "category"}`."""
     model, payload = load_model(source, tracking_uri=tracking_uri)
     model.eval()
     extra = payload["extra"]
     names = extra.get("class_names")
     ids = extra.get("label_to_category") or list(range(model.num_classes))
-    transform = eval_transforms(size or extra.get("eval_size", 800), extra.get("max_size", 1333))
-    post = PostProcess(top_k=100)
+    transform = eval_transforms(
+        size or extra.get("eval_size", 800), max_size or extra.get("max_size", 1333)
+    )
+    post = PostProcess(top_k=top_k)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, records = [], []
     for path in image_paths:
@@ -102,18 +108,28 @@ def predict_images(
         )
         written.append(target)
         xywh = box_convert(pred["boxes"], "xyxy", "xywh")
-        for box, score, label in zip(
-            xywh.tolist(), pred["scores"].tolist(), pred["labels"].tolist(), strict=True
-        ):
-            records.append(
-                {
-                    "file_name": path.name,
-                    "category_id": ids[label],
-                    "bbox": [round(v, 2) for v in box],
-                    "score": round(score, 5),
-                }
+        detections = [
+            {
+                "bbox": [round(v, 2) for v in box],
+                "score": round(score, 5),
+                "category_id": ids[label],
+                "category": names[label] if names else str(ids[label]),
+            }
+            for box, score, label in zip(
+                xywh.tolist(), pred["scores"].tolist(), pred["labels"].tolist(), strict=True
             )
-    tmp = out_dir / f".predictions.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(records))
-    os.replace(tmp, out_dir / "predictions.json")
+        ]
+        records.append(
+            {
+                "file_name": path.name,
+                "width": rgb.width,
+                "height": rgb.height,
+                "detections": detections,
+            }
+        )
+    json_path = json_path or out_dir / "predictions.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(records, indent=1))
+    os.replace(tmp, json_path)
     return written
