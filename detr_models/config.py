@@ -36,6 +36,12 @@ class ModelConfig(StrictConfig):
     )
     backbone: Literal["tiny", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     backbone_weights: str | None = Field(None, description="local torchvision ResNet state dict")
+    weights: str | None = Field(
+        None,
+        description="start from these weights (a model file, models:/..., runs:/..., "
+        "hf:<org>/<name> or a Hugging Face model folder); class heads that do not fit the "
+        "dataset's classes start fresh",
+    )
     frozen_stages: Annotated[int, Field(ge=-1, le=4)] = 1
     tiny_width: Annotated[int, Field(gt=0, le=1024)] = 32
     levels: list[Level] = Field(default_factory=lambda: ["C5"], min_length=1)

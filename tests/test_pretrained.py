@@ -235,3 +235,32 @@ def test_predict_json_gives_the_detections_of_transformers_own_pipeline(tmp_path
         assert (xyxy - boxes).abs().max() <= 0.5
         assert [d["category_id"] for d in found] == expected["labels"].tolist()
         assert found[0]["category"] in {"cat", "dog", "bird", "car", "tree"}
+
+
+def test_a_checkpoint_folder_is_a_teacher_and_a_student_start(tmp_path, tiny_spec):
+    from detr_models.build import build_model
+    from orchestrator.data.build import build_datasets
+    from orchestrator.training.assemble import load_teacher_model
+    from orchestrator.training.model_source import init_weights
+    from tests.hf_reference import NAMES
+
+    NAMES.update({5: "circle", 6: "square", 7: "triangle"})
+    try:
+        folder = save_folder(hf_model("deformable_refine"), tmp_path / "hf")
+    finally:
+        for key in (5, 6, 7):
+            NAMES.pop(key)
+    imported, payload = load_model(str(folder))  # the folder itself is a weights source
+    config = payload["config"]
+    spec = tiny_spec(tmp_path, register_as=None, teacher={"model": config, "weights": str(folder)})
+    classes = build_datasets(spec.data)[0].class_names
+    teacher, _ = load_teacher_model(spec, classes)
+    assert teacher.num_classes == len(classes) == 3
+    # a student of the same architecture starts from the checkpoint; its class heads (3
+    # classes, not 8) start fresh
+    student = build_model({**config, "num_classes": 3, "weights": str(folder)})
+    fresh = init_weights(student, str(folder))
+    assert fresh and all("class_head" in k for k in fresh)
+    own, source = student.state_dict(), imported.state_dict()
+    same = [k for k in own if k not in fresh]
+    assert same and all(torch.equal(own[k], source[k]) for k in same)

@@ -14,10 +14,10 @@ from detr_models.config import REFERENCE_OPTIONS
 from detr_models.pretrained.hf_folder import Imported, ImportError_, import_hf
 from orchestrator.errors import UserInputError
 from orchestrator.training import checkpoints
+from orchestrator.training.hub_source import hub_folder
 
 logger = logging.getLogger("detrdistill")
 
-HUB_PREFIX = "hf:"
 IMPORTS_EXPERIMENT = "imports"
 
 
@@ -39,7 +39,7 @@ def import_checkpoint(
     """Import `source` into the model file `out` (written only when everything mapped)."""
     if out.exists() and out.is_dir():
         raise UserInputError(f"--out {out} is a folder; give a file name such as {out}/model.pt")
-    folder = resolve_source(source)
+    folder = hub_folder(source)
     try:
         imported = import_hf(folder)
     except ImportError_ as err:
@@ -65,46 +65,6 @@ def import_checkpoint(
         version = _register(out, imported, extra, register_as, tracking_uri, source)
         logger.info(f"  registered as models:/{register_as}/{version}")
     return ImportResult(out, imported, version)
-
-
-def resolve_source(source: str) -> Path:
-    """A local HF model folder for `source` (downloaded from the Hub for `hf:...`)."""
-    if source.startswith(HUB_PREFIX):
-        return _download(source[len(HUB_PREFIX) :])
-    path = Path(source)
-    if path.is_dir():
-        return path
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        raise UserInputError(
-            f"{source}: official-repo .pth checkpoints are not importable yet; import the same "
-            "model from its Hugging Face folder (hf:<org>/<name>) instead"
-        )
-    raise UserInputError(
-        f"{source}: not found; give a local Hugging Face model folder (config.json + "
-        "*.safetensors) or hf:<org>/<name>[@revision]"
-    )
-
-
-def _download(repo: str) -> Path:
-    repo_id, _, revision = repo.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise UserInputError(f"hf:{repo}: expected hf:<org>/<name>[@revision]")
-    from huggingface_hub import snapshot_download
-
-    logger.info(f"downloading {repo_id} from the Hugging Face Hub (cached)")
-    try:
-        return Path(
-            snapshot_download(
-                repo_id,
-                revision=revision or None,
-                allow_patterns=["config.json", "*.safetensors"],
-            )
-        )
-    except Exception as err:
-        raise UserInputError(
-            f"hf:{repo}: cannot download ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "without internet, copy the model folder here and import the folder"
-        ) from None
 
 
 def _register(

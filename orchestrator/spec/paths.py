@@ -50,6 +50,8 @@ def resolve_paths(spec: ExperimentSpec, base_dir: str | Path) -> ExperimentSpec:
     for model in models:
         if model.backbone_weights is not None:
             model.backbone_weights = _absolute(model.backbone_weights, base)
+    if resolved.student.weights is not None and not is_uri(resolved.student.weights):
+        resolved.student.weights = _absolute(resolved.student.weights, base)
     if resolved.teacher is not None and not is_uri(resolved.teacher.weights):
         resolved.teacher.weights = _absolute(resolved.teacher.weights, base)
     uri = resolved.mlflow.tracking_uri

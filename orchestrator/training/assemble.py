@@ -26,7 +26,7 @@ from orchestrator.data.transforms import eval_transforms
 from orchestrator.evaluation.coco import CocoEvaluator
 from orchestrator.evaluation.stability import MatchingStability
 from orchestrator.spec.sections import ExperimentSpec
-from orchestrator.training.model_source import load_model
+from orchestrator.training.model_source import init_weights, load_model
 from orchestrator.training.optim import build_optimizer, build_scheduler
 from orchestrator.training.teacher_classes import teacher_class_index
 
@@ -62,7 +62,15 @@ def assemble(spec: ExperimentSpec, device: torch.device, rank: int = 0) -> Train
     train_set, val_set = build_datasets(spec.data)
     num_classes = train_set.num_classes
     model_config = spec.student.with_classes(num_classes)
-    model = build_model(model_config).to(device)
+    model = build_model(model_config)
+    if model_config.weights:
+        fresh = init_weights(model, model_config.weights, spec.mlflow.tracking_uri)
+        if rank == 0:
+            logger.info(
+                f"student starts from {model_config.weights}"
+                + (f" (class heads start fresh: {len(fresh)} tensors)" if fresh else "")
+            )
+    model = model.to(device)
     criterion = build_criterion(num_classes, spec.train.matcher, spec.train.loss)
     objective = build_objective(
         spec.distill,

@@ -1,6 +1,8 @@
 """Where weights come from: `models:/<name>/<version>`, `models:/<name>@<alias>`,
-`runs:/<run id>/<path>`, or a local file. Everything resolves to a plain model file that loads
-with `torch.load(weights_only=True)`; no pickled code is ever executed to load weights."""
+`runs:/<run id>/<path>`, a local model file, or a pretrained Hugging Face checkpoint
+(`hf:<org>/<name>[@revision]` or a local model folder), imported on the fly. Model files load
+with `torch.load(weights_only=True)`, checkpoints from safetensors; no pickled code is ever
+executed to load weights."""
 
 from __future__ import annotations
 
@@ -23,8 +25,19 @@ def is_mlflow_uri(source: str) -> bool:
     return source.startswith(MLFLOW_PREFIXES)
 
 
+def is_hf_source(source: str) -> bool:
+    """`hf:<org>/<name>` or a local Hugging Face model folder (config.json inside)."""
+    return source.startswith("hf:") or (Path(source) / "config.json").is_file()
+
+
 def check_source_syntax(source: str) -> str | None:
     """A problem with the form of a weights source, or None (no network, no files touched)."""
+    if source.startswith("hf:"):
+        repo = source[3:].partition("@")[0]
+        ok = repo.count("/") == 1 and all(repo.split("/"))
+        return None if ok else f"{source!r}: expected hf:<org>/<name>[@revision]"
+    if is_hf_source(source):
+        return None
     if source.startswith("models:/"):
         rest = source[len("models:/") :]
         name, _, version = rest.partition("/")
@@ -70,8 +83,11 @@ def load_model(
 ) -> tuple[nn.Module, dict]:
     """Build and load a model from any source. With `config`, the weights must fit it exactly
     (a mismatch names the keys); without, the file's own config is used."""
-    with tempfile.TemporaryDirectory(prefix="detrdistill-download-") as folder:
-        payload = read_model_file(resolve_model_file(source, tracking_uri, Path(folder)))
+    if is_hf_source(source):
+        payload = _hf_payload(source)
+    else:
+        with tempfile.TemporaryDirectory(prefix="detrdistill-download-") as folder:
+            payload = read_model_file(resolve_model_file(source, tracking_uri, Path(folder)))
     if config is None:
         if payload["config"] is None:
             raise UserInputError(f"{source}: a bare state dict carries no model config; give one")
@@ -86,3 +102,40 @@ def load_model(
     model = build_model(config)
     load_weights(model, payload["state_dict"], source)
     return model, payload
+
+
+def init_weights(model: nn.Module, source: str, tracking_uri: str | None = None) -> list[str]:
+    """Load `source`'s weights into `model` (a student starting from a pretrained checkpoint).
+    Class-head tensors whose shape differs (other classes) keep their fresh initialisation and
+    are returned; anything else that does not fit is an error naming the keys."""
+    if is_hf_source(source):
+        payload = _hf_payload(source)
+    else:
+        with tempfile.TemporaryDirectory(prefix="detrdistill-download-") as folder:
+            payload = read_model_file(resolve_model_file(source, tracking_uri, Path(folder)))
+    own = model.state_dict()
+    state = {k: v for k, v in payload["state_dict"].items() if "class_head" not in k or k in own}
+    fresh = sorted(
+        k for k in own if "class_head" in k and (k not in state or state[k].shape != own[k].shape)
+    )
+    for key in fresh:
+        state[key] = own[key]
+    load_weights(model, state, source)
+    return fresh
+
+
+def _hf_payload(source: str) -> dict:
+    """A model file's payload (config, state dict, class names) of a Hugging Face checkpoint."""
+    from detr_models.pretrained.hf_folder import ImportError_, import_hf
+    from orchestrator.training.hub_source import hub_folder
+
+    try:
+        imported = import_hf(hub_folder(source))
+    except ImportError_ as err:
+        raise UserInputError(str(err)) from None
+    return {
+        "format": None,
+        "config": imported.config.model_dump(mode="json"),
+        "state_dict": imported.model.state_dict(),
+        "extra": {"class_names": imported.class_names, "source": source},
+    }
