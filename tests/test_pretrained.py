@@ -86,11 +86,11 @@ def test_weights_that_do_not_fit_the_config_are_listed(tmp_path, capsys):
     _refused(tmp_path, capsys, folder, "shape mismatch", "class_head.weight (5, 64) vs (5, 128)")
 
 
-def test_a_missing_folder_and_an_official_pth_get_their_own_messages(tmp_path, capsys):
+def test_a_missing_folder_and_a_broken_pth_get_their_own_messages(tmp_path, capsys):
     _refused(tmp_path, capsys, tmp_path / "nothing", "not found", "hf:<org>/<name>")
     pth = tmp_path / "detr-r50.pth"
     pth.write_bytes(b"x")
-    _refused(tmp_path, capsys, pth, ".pth", "not importable yet")
+    _refused(tmp_path, capsys, pth, "detr-r50.pth", "not a readable checkpoint of tensors")
 
 
 def test_the_hub_teacher_recipe_is_what_the_import_writes():

@@ -43,14 +43,19 @@ def add_import_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "import",
         help="turn a pretrained Hugging Face DETR-family checkpoint into a model file",
-        description="SOURCE is a local Hugging Face model folder (config.json + *.safetensors) "
-        "or hf:<org>/<name>[@revision], e.g. hf:SenseTime/deformable-detr-with-box-refine. "
+        description="SOURCE is a local Hugging Face model folder (config.json + *.safetensors), "
+        "hf:<org>/<name>[@revision] (e.g. hf:SenseTime/deformable-detr-with-box-refine), or an "
+        "official DETR / Deformable DETR .pth release. "
         "The model file can be a spec's teacher.weights or student.weights.",
     )
     parser.add_argument("source", help="model folder or hf:<org>/<name>[@revision]")
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument(
-        "--format", choices=("auto", "hf"), default="auto", help="checkpoint format (auto: hf)"
+        "--format",
+        choices=("auto", "hf", "detr", "deformable-detr"),
+        default="auto",
+        help="auto: a folder or hf:... is a Hugging Face model, a file an official .pth "
+        "(detr: facebookresearch/detr, deformable-detr: fundamentalvision/Deformable-DETR)",
     )
     parser.add_argument("--register", metavar="NAME", help="also register in MLflow as NAME")
     parser.add_argument(
@@ -71,7 +76,13 @@ def _import(args: argparse.Namespace) -> int:
         if problem:
             raise UserInputError(problem)
     import_checkpoint(
-        args.source, args.out, args.register, args.tracking_uri, args.size, args.max_size
+        args.source,
+        args.out,
+        args.register,
+        args.tracking_uri,
+        args.size,
+        args.max_size,
+        args.format,
     )
     return 0
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from detr_models.config import REFERENCE_OPTIONS
 from detr_models.pretrained.hf_folder import Imported, ImportError_, import_hf
+from detr_models.pretrained.official import import_official
 from orchestrator.errors import UserInputError
 from orchestrator.training import checkpoints
 from orchestrator.training.hub_source import hub_folder
@@ -28,6 +29,9 @@ class ImportResult:
     registered_version: str | None
 
 
+OFFICIAL_FORMATS = {"detr": "detr", "deformable-detr": "deformable_detr"}
+
+
 def import_checkpoint(
     source: str,
     out: Path,
@@ -35,15 +39,28 @@ def import_checkpoint(
     tracking_uri: str | None = None,
     size: int = 800,
     max_size: int = 1333,
+    fmt: str = "auto",
 ) -> ImportResult:
-    """Import `source` into the model file `out` (written only when everything mapped)."""
+    """Import `source` into the model file `out` (written only when everything mapped).
+    `fmt`: auto (a file is an official `.pth`, a folder or hf:... a Hugging Face model), hf,
+    detr or deformable-detr (official)."""
     if out.exists() and out.is_dir():
         raise UserInputError(f"--out {out} is a folder; give a file name such as {out}/model.pt")
-    folder = hub_folder(source)
+    official = fmt in OFFICIAL_FORMATS or (fmt == "auto" and Path(source).is_file())
     try:
-        imported = import_hf(folder)
+        if official:
+            if not Path(source).is_file():
+                raise UserInputError(f"{source}: file not found (an official .pth checkpoint)")
+            imported = import_official(source)
+        else:
+            imported = import_hf(hub_folder(source))
     except ImportError_ as err:
         raise UserInputError(str(err)) from None
+    expected = OFFICIAL_FORMATS.get(fmt)
+    if expected and imported.config.architecture != expected:
+        raise UserInputError(
+            f"{source}: --format {fmt}, but the file holds a {imported.config.architecture}"
+        )
     extra = {
         "class_names": imported.class_names,
         "label_to_category": list(range(len(imported.class_names))),

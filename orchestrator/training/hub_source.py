@@ -19,11 +19,6 @@ def hub_folder(source: str) -> Path:
     path = Path(source)
     if path.is_dir():
         return path
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        raise UserInputError(
-            f"{source}: official-repo .pth checkpoints are not importable yet; import the same "
-            "model from its Hugging Face folder (hf:<org>/<name>) instead"
-        )
     raise UserInputError(
         f"{source}: not found; give a local Hugging Face model folder (config.json + "
         "*.safetensors) or hf:<org>/<name>[@revision]"

@@ -1,0 +1,132 @@
+"""The official repos' `.pth` checkpoints (facebookresearch/detr, fundamentalvision/
+Deformable-DETR): read without running code (tensors, plus the training `args` namespace the
+Deformable DETR releases carry), the config inferred from the weights' shapes and those args,
+and loaded into our reference-exact model."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detr_models.build import build_model
+from detr_models.config import REFERENCE_OPTIONS, model_config_from_dict
+from detr_models.pretrained.coco_names import coco_slot_names
+from detr_models.pretrained.hf_config import UnsupportedCheckpoint
+from detr_models.pretrained.hf_folder import Imported, ImportError_
+from detr_models.pretrained.official_keys import official_to_ours
+from detr_models.state_fit import fit_problems
+
+_RESNETS = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50"}
+
+
+def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, training args) of an official checkpoint; nothing but tensors, numbers,
+    strings and an `argparse.Namespace` (a plain attribute holder) is accepted."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ImportError_(
+            f"{path}: not a readable checkpoint of tensors ({type(err).__name__}); files that "
+            "hold other Python objects are refused, never unpickled"
+        ) from None
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        args = payload.get("args")
+        return payload["model"], vars(args) if isinstance(args, argparse.Namespace) else {}
+    if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
+        return payload, {}
+    raise ImportError_(f"{path}: expected {{'model': state dict, ...}} or a bare state dict")
+
+
+def config_from_official(state: dict[str, torch.Tensor], args: dict[str, Any]):
+    """(our reference-exact config, class names) inferred from an official state dict."""
+    if "transformer.enc_output.weight" in state:
+        raise UnsupportedCheckpoint("two-stage Deformable DETR checkpoints are not importable yet")
+    deformable = "transformer.level_embed" in state
+    if not deformable and "transformer.decoder.norm.weight" not in state:
+        raise UnsupportedCheckpoint(
+            "not an official DETR or Deformable DETR checkpoint; for Conditional DETR and "
+            "DAB-DETR import their Hugging Face folders"
+        )
+    heads = int(args.get("nheads", 8))
+    data: dict[str, Any] = {
+        "architecture": "deformable_detr" if deformable else "detr",
+        "backbone": _backbone(state),
+        "hidden_dim": args.get("hidden_dim", _count_dim(state, deformable)),
+        "num_heads": heads,
+        "encoder_layers": _count(state, "transformer.encoder.layers."),
+        "decoder_layers": _count(state, "transformer.decoder.layers."),
+        "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
+        "num_queries": state["query_embed.weight"].shape[0],
+        "dropout": float(args.get("dropout", 0.1)),
+    }
+    if deformable:
+        levels = state["transformer.level_embed"].shape[0]
+        if levels == 1:
+            raise UnsupportedCheckpoint("single-level Deformable DETR is not importable yet")
+        weights = state["transformer.encoder.layers.0.self_attn.attention_weights.weight"]
+        data.update(
+            levels=["C3", "C4", "C5"],
+            num_feature_levels=levels,
+            num_points=weights.shape[0] // (heads * levels),
+            box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+            num_classes=state["class_embed.0.weight"].shape[0],
+        )
+    else:
+        data.update(levels=["C5"], num_classes=state["class_embed.weight"].shape[0] - 1)
+    data.update(REFERENCE_OPTIONS[data["architecture"]])
+    try:
+        config = model_config_from_dict(data)
+    except ValueError as err:
+        raise UnsupportedCheckpoint(f"config does not translate: {err}") from None
+    return config, coco_slot_names(config.num_classes)
+
+
+def import_official(path: str | Path) -> Imported:
+    """Our model from an official `.pth`, weights loaded strictly."""
+    state, args = read_official(path)
+    try:
+        config, names = config_from_official(state, args)
+    except (UnsupportedCheckpoint, KeyError) as err:
+        raise ImportError_(f"{path}: {err}") from None
+    refine = getattr(config, "box_refine", False)
+    converted, unmapped = official_to_ours(state, config.architecture, config.hidden_dim, refine)
+    model = build_model(config)
+    problems = fit_problems(model, converted, limit=8)
+    if unmapped:
+        problems.insert(0, f"unmapped (no rule for these names): {', '.join(unmapped[:8])}")
+    if problems:
+        raise ImportError_(
+            f"{path}: the weights do not fit the {config.architecture} their shapes describe:"
+            "\n  " + "\n  ".join(problems)
+        )
+    model.load_state_dict(converted)
+    return Imported(config, model.eval(), names, len(converted))
+
+
+def _count(state: dict[str, torch.Tensor], prefix: str) -> int:
+    found = {int(m[1]) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def _count_dim(state: dict[str, torch.Tensor], deformable: bool) -> int:
+    key = "input_proj.0.0.weight" if deformable else "input_proj.weight"
+    return state[key].shape[0]
+
+
+def _backbone(state: dict[str, torch.Tensor]) -> str:
+    blocks = _count(state, "backbone.0.body.layer3.")
+    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
+    if bottleneck and blocks == 23:
+        return "resnet101"
+    name = _RESNETS.get((blocks, bottleneck))
+    if name is None:
+        raise UnsupportedCheckpoint(
+            f"backbone with {blocks} layer3 blocks is not a ResNet-18/34/50/101"
+        )
+    return name
