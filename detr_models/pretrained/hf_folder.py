@@ -85,15 +85,27 @@ def import_hf(folder: str | Path) -> Imported:
     except UnsupportedCheckpoint as err:
         raise ImportError_(f"{Path(folder) / 'config.json'}: {err}") from None
     converted, unmapped = convert_hf_state(state, config)
+    return loaded(config, names, converted, unmapped, f"{folder} (as its config.json describes it)")
+
+
+def loaded(
+    config: ModelConfig,
+    names: list[str],
+    state: dict[str, torch.Tensor],
+    unmapped: list[str],
+    where: str,
+) -> Imported:
+    """Our model of `config` with `state` loaded strictly; otherwise an error listing the
+    unmapped, missing, unexpected and mis-shaped names."""
     model = build_model(config)
-    problems = fit_problems(model, converted, limit=8)
+    problems = fit_problems(model, state, limit=8)
     if unmapped:
         more = f" (+{len(unmapped) - 8} more)" if len(unmapped) > 8 else ""
         problems.insert(0, f"unmapped (no rule for these names): {', '.join(unmapped[:8])}{more}")
     if problems:
         raise ImportError_(
-            f"{folder}: the weights do not fit a {config.architecture} built from its "
-            "config.json:\n  " + "\n  ".join(problems)
+            f"the weights do not fit the {config.architecture} of {where}:\n  "
+            + "\n  ".join(problems)
         )
-    model.load_state_dict(converted)
-    return Imported(config, model.eval(), names, len(converted))
+    model.load_state_dict(state)
+    return Imported(config, model.eval(), names, len(state))

@@ -12,13 +12,11 @@ from typing import Any
 
 import torch
 
-from detr_models.build import build_model
 from detr_models.config import REFERENCE_OPTIONS, model_config_from_dict
 from detr_models.pretrained.coco_names import coco_slot_names
 from detr_models.pretrained.hf_config import UnsupportedCheckpoint
-from detr_models.pretrained.hf_folder import Imported, ImportError_
+from detr_models.pretrained.hf_folder import Imported, ImportError_, loaded
 from detr_models.pretrained.official_keys import official_to_ours
-from detr_models.state_fit import fit_problems
 
 _RESNETS = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50"}
 
@@ -96,17 +94,7 @@ def import_official(path: str | Path) -> Imported:
         raise ImportError_(f"{path}: {err}") from None
     refine = getattr(config, "box_refine", False)
     converted, unmapped = official_to_ours(state, config.architecture, config.hidden_dim, refine)
-    model = build_model(config)
-    problems = fit_problems(model, converted, limit=8)
-    if unmapped:
-        problems.insert(0, f"unmapped (no rule for these names): {', '.join(unmapped[:8])}")
-    if problems:
-        raise ImportError_(
-            f"{path}: the weights do not fit the {config.architecture} their shapes describe:"
-            "\n  " + "\n  ".join(problems)
-        )
-    model.load_state_dict(converted)
-    return Imported(config, model.eval(), names, len(converted))
+    return loaded(config, names, converted, unmapped, f"{path} (as its shapes describe it)")
 
 
 def _count(state: dict[str, torch.Tensor], prefix: str) -> int:
