@@ -71,7 +71,7 @@ class ResNetBackbone(StagedBackbone):
         self.levels = _check_levels(levels)
         net = RESNETS[name](weights=None, norm_layer=FrozenBatchNorm2d)
         if weights is not None:
-            load_backbone_weights(net, weights)
+            load_backbone_weights(net, weights, name)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         channels = dict(zip(LEVELS, RESNET_CHANNELS[name], strict=True))
@@ -82,8 +82,37 @@ class ResNetBackbone(StagedBackbone):
             module.requires_grad_(False)
 
 
-def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
-    """Load a torchvision ResNet state dict from a local file (the classifier head is ignored)."""
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def torchvision_weights(name: str, source: str):
+    """torchvision's weights enum member for `torchvision:<NAME>` (e.g. IMAGENET1K_V1) of the
+    ResNet `name`; ValueError listing the valid names."""
+    from torchvision.models import get_model_weights
+
+    choices = get_model_weights(name)
+    wanted = source[len(TORCHVISION_PREFIX) :]
+    if wanted not in choices.__members__:
+        valid = ", ".join(TORCHVISION_PREFIX + m for m in choices.__members__)
+        raise ValueError(f"{source!r} is not a torchvision weight of {name}; choose {valid}")
+    return choices[wanted]
+
+
+def load_backbone_weights(net: nn.Module, path: str | Path, name: str = "resnet50") -> None:
+    """Load a torchvision ResNet state dict (the classifier head is ignored) from a local file,
+    or `torchvision:<NAME>` downloaded by torchvision (cached in $TORCH_HOME)."""
+    if str(path).startswith(TORCHVISION_PREFIX):
+        weights = torchvision_weights(name, str(path))
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as err:
+            raise ValueError(
+                f"cannot download {path} ({type(err).__name__}); without internet, save "
+                f"torchvision's {name} state dict to a file and give its path"
+            ) from None
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        net.load_state_dict(state, strict=False)
+        return
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file {path} not found")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from detr_models.backbone import STRIDES
+from detr_models.backbone import STRIDES, TORCHVISION_PREFIX, torchvision_weights
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -35,7 +35,11 @@ class ModelConfig(StrictConfig):
         None, description="number of real classes; omitted = taken from the dataset"
     )
     backbone: Literal["tiny", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
-    backbone_weights: str | None = Field(None, description="local torchvision ResNet state dict")
+    backbone_weights: str | None = Field(
+        None,
+        description="ImageNet weights: torchvision:IMAGENET1K_V1 (downloaded by torchvision, "
+        "cached) or a local torchvision ResNet state dict file",
+    )
     weights: str | None = Field(
         None,
         description="start from these weights (a model file, models:/..., runs:/..., "
@@ -66,6 +70,18 @@ class ModelConfig(StrictConfig):
         description="norm after the input projections: masked_group ignores padding; "
         "references: none (DETR, Conditional, DAB), group (Deformable)",
     )
+
+    @model_validator(mode="after")
+    def _check_backbone_weights(self) -> ModelConfig:
+        source = self.backbone_weights
+        if source and source.startswith(TORCHVISION_PREFIX):
+            if self.backbone == "tiny":
+                raise ValueError("backbone_weights: the tiny backbone has no torchvision weights")
+            try:
+                torchvision_weights(self.backbone, source)
+            except ValueError as err:
+                raise ValueError(f"backbone_weights: {err}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_widths(self) -> ModelConfig:

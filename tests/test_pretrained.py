@@ -264,3 +264,23 @@ def test_a_checkpoint_folder_is_a_teacher_and_a_student_start(tmp_path, tiny_spe
     own, source = student.state_dict(), imported.state_dict()
     same = [k for k in own if k not in fresh]
     assert same and all(torch.equal(own[k], source[k]) for k in same)
+
+
+def test_imagenet_backbone_weights_are_named_and_checked(tmp_path, tiny_spec_dict):
+    from orchestrator.errors import UserInputError
+    from orchestrator.spec.loader import load_spec_dict
+    from orchestrator.spec.paths import resolve_paths
+
+    good = tiny_spec_dict(
+        tmp_path,
+        **{"student.backbone": "resnet50", "student.backbone_weights": "torchvision:IMAGENET1K_V2"},
+    )
+    spec = resolve_paths(load_spec_dict(good, source="test"), tmp_path)
+    assert spec.student.backbone_weights == "torchvision:IMAGENET1K_V2"  # not made a path
+    bad = tiny_spec_dict(
+        tmp_path,
+        **{"student.backbone": "resnet50", "student.backbone_weights": "torchvision:IMAGENET"},
+    )
+    with pytest.raises(UserInputError) as info:
+        load_spec_dict(bad, source="test")
+    assert "torchvision:IMAGENET1K_V1" in str(info.value) and "backbone_weights" in str(info.value)

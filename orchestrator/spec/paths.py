@@ -48,7 +48,7 @@ def resolve_paths(spec: ExperimentSpec, base_dir: str | Path) -> ExperimentSpec:
             setattr(source, name, _absolute(getattr(source, name), base))
     models = [resolved.student] + ([resolved.teacher.model] if resolved.teacher else [])
     for model in models:
-        if model.backbone_weights is not None:
+        if model.backbone_weights is not None and not is_uri(model.backbone_weights):
             model.backbone_weights = _absolute(model.backbone_weights, base)
     if resolved.student.weights is not None and not is_uri(resolved.student.weights):
         resolved.student.weights = _absolute(resolved.student.weights, base)
