@@ -7,8 +7,9 @@ one eval forward, per architecture, in interleaved rounds.
 R-50 sizes (d_model 256, 6 + 6 layers, 8 heads, the papers' queries and feed-forward widths,
 80 classes), random weights imported into ours with `detrdistill import`'s code, synthetic
 images with 5 random boxes each. transformers freezes its whole native ResNet (a quirk of its
-freezing rule); here its stages 2-4 train, as ours do (`frozen_stages: 1`), so both backward
-passes do the same work. Targets: training step <= 0.9x transformers', eval forward <= 1.0x.
+freezing rule); here its stages 2-4 train, as ours do (`frozen_stages: 1`), and its attention
+and activation dropout are set to the official repos' 0.1, as ours are, so both steps do the
+same work. Targets: training step <= 0.9x transformers', eval forward <= 1.0x.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def hf_config(arch: str):
         "decoder_attention_heads": 8,
         "num_labels": 80,
         "auxiliary_loss": True,
+        # the official repos' (and ours): dropout 0.1 on attention weights, after the
+        # feed-forward activation and on each residual branch (transformers defaults the
+        # first two to 0)
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.1,
         "backbone_config": backbone,
     }
     if arch == "deformable_refine":
