@@ -25,6 +25,7 @@ KINDS = {
     "dab_detr": "DAB-DETR",
     "deformable": "Deformable DETR",
     "deformable_refine": "Deformable DETR + box refine",
+    "deformable_two_stage": "Deformable DETR two-stage (+ box refine)",
 }
 
 

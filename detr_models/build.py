@@ -20,7 +20,6 @@ from detr_models.config import (
 from detr_models.deformable import (
     DeformableDecoder,
     DeformableEncoder,
-    TwoStageProposals,
     deformable_box_heads,
 )
 from detr_models.detector import Detector
@@ -28,6 +27,7 @@ from detr_models.detr_decoder import DetrDecoder
 from detr_models.encoder import TransformerEncoder
 from detr_models.layers import MLP, PerStage, SoftmaxClassHead
 from detr_models.position import PositionEmbeddingSine
+from detr_models.proposals import ReferenceProposals, TwoStageProposals
 
 
 def _box_head(c: ModelConfig, zero_last: bool) -> MLP:
@@ -118,6 +118,7 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
         c.hidden_dim, c.num_heads, c.ffn_dim, c.encoder_layers, c.dropout, levels, points
     )
     anchors = c.query_kind == "anchor"
+    reference_two_stage = c.two_stage and c.two_stage_queries == "reference"
     box_head = deformable_box_heads(
         c.hidden_dim, c.decoder_layers, c.box_refine, start_small=not anchors
     )
@@ -132,6 +133,7 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
         points,
         anchor_queries=anchors,
         box_refine=c.box_refine,
+        static_position=reference_two_stage,
     )
     if c.box_refine:
         class_head = PerStage(
@@ -139,7 +141,10 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
         )
     else:
         class_head = nn.Linear(c.hidden_dim, c.num_classes)
-    proposals = TwoStageProposals(c.hidden_dim, c.num_classes) if c.two_stage else None
+    proposals = None
+    if c.two_stage:
+        kind = ReferenceProposals if reference_two_stage else TwoStageProposals
+        proposals = kind(c.hidden_dim, c.num_classes)
     return _detector(
         c,
         backbone,

@@ -160,6 +160,12 @@ class DeformableDetrConfig(ModelConfig):
     num_points: Annotated[int, Field(gt=0, le=32)] = 4
     box_refine: bool = False
     two_stage: bool = False
+    two_stage_queries: Literal["anchor", "reference"] = Field(
+        "anchor",
+        description="two-stage queries: 'anchor' (top-k by best class, DAB-style positional "
+        "query per layer) or 'reference' (the official pos_trans split, class-agnostic "
+        "ranking, static positional query)",
+    )
     anchor_queries: bool = False
     mask_extra_levels: bool = Field(
         True, description="zero padded pixels before the extra levels' convs; references: no"
@@ -167,6 +173,11 @@ class DeformableDetrConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check_levels(self) -> DeformableDetrConfig:
+        if self.two_stage and self.anchor_queries and self.two_stage_queries == "reference":
+            raise ValueError(
+                "two_stage_queries 'reference' builds its own positional queries: set "
+                "anchor_queries false, or two_stage_queries 'anchor'"
+            )
         if self.num_feature_levels < len(self.levels):
             raise ValueError(
                 f"num_feature_levels {self.num_feature_levels} is less than the "
@@ -217,6 +228,7 @@ REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {
         "position_offset": 0.5,
         "input_norm": "group",
         "mask_extra_levels": False,
+        "two_stage_queries": "reference",
     },
 }
 

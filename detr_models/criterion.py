@@ -277,12 +277,25 @@ def _per_stage_class_targets(
 def encoder_proposal_losses(
     criterion: SetCriterion, out: DetrOutput, targets: list[dict]
 ) -> dict[str, torch.Tensor]:
-    """Set losses on a two-stage model's per-token encoder predictions (empty otherwise)."""
+    """Set losses on a two-stage model's per-token encoder predictions (empty otherwise).
+
+    One logit per token (the reference two-stage) is class-agnostic: every box is of class 0.
+    """
     if "enc_logits" not in out.extras:
         return {}
-    proposals = StageOutputs(
-        out.extras["enc_logits"][None], out.extras["enc_boxes"][None], None, None, None, None
-    )
+    logits = out.extras["enc_logits"]
+    proposals = StageOutputs(logits[None], out.extras["enc_boxes"][None], None, None, None, None)
+    if logits.shape[-1] == 1 and criterion.num_classes != 1:
+        targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+        criterion = SetCriterion(
+            1,
+            criterion.matcher,
+            criterion.weight_cls,
+            criterion.weight_bbox,
+            criterion.weight_giou,
+            criterion.focal_alpha,
+            criterion.focal_gamma,
+        )
     # one stage here, whatever the decoder's stage weights are
     losses, _ = criterion(proposals, targets, prefix="enc_", stage_weights=[1.0])
     return losses

@@ -1,4 +1,4 @@
-"""Deformable DETR's encoder, decoder and two-stage proposals.
+"""Deformable DETR's encoder and decoder (two-stage proposals: `proposals.py`).
 
 Variants are switches: iterative box refinement (a box head per stage, references detached
 between stages), DAB-Deformable anchor queries (4-D anchors, positional query from the anchor's
@@ -6,8 +6,6 @@ sine embedding), and two-stage (queries from the top-scoring encoder tokens).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -41,11 +39,11 @@ def encoder_reference_points(spatial_shapes: torch.Tensor, ratios: torch.Tensor)
 
     ratios [B,L,2] -> [B,S,L,2] (x, y).
     """
-    points = torch.cat(_valid_centres(spatial_shapes, ratios), dim=1)  # [B,S,2]
+    points = torch.cat(valid_centres(spatial_shapes, ratios), dim=1)  # [B,S,2]
     return points[:, :, None] * ratios[:, None]  # [B,S,L,2]
 
 
-def _valid_centres(spatial_shapes: torch.Tensor, ratios: torch.Tensor) -> list[torch.Tensor]:
+def valid_centres(spatial_shapes: torch.Tensor, ratios: torch.Tensor) -> list[torch.Tensor]:
     """Per level, pixel centres (x, y) as a share of the level's valid region: [B,H_l*W_l,2]."""
     centres = []
     for level, (h, w) in enumerate(spatial_shapes.tolist()):
@@ -119,7 +117,9 @@ class DeformableDecoderLayer(nn.Module):
 class DeformableDecoder(nn.Module):
     """Deformable decoder. position is a positional embedding [B,Q,D] (reference points from a
     linear head) or, with `anchor_queries`, anchor boxes [B,Q,4] (positional query from their
-    sine embedding, DAB-style). `box_refine` updates the references stage by stage.
+    sine embedding, DAB-style; with `static_position` the positional query is given to
+    `forward` as `query_pos` and is the same at every layer, as in the reference two-stage).
+    `box_refine` updates the references stage by stage.
 
     references [L,B,Q,4]: what entered each stage; a 2-D reference point has w = h = 0.
     """
@@ -136,6 +136,7 @@ class DeformableDecoder(nn.Module):
         points=4,
         anchor_queries=False,
         box_refine=False,
+        static_position=False,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -147,7 +148,11 @@ class DeformableDecoder(nn.Module):
         self.box_refine = box_refine
         self.dim = dim
         self.position_dim = 4 if anchor_queries else dim
-        if anchor_queries:
+        self.static_position = static_position
+        if static_position:
+            if not anchor_queries:
+                raise ValueError("static_position needs anchor_queries (4-D references)")
+        elif anchor_queries:
             self.reference_head = MLP(2 * dim, dim, dim, 2)
             self.query_scale = MLP(dim, dim, dim, 2)
         else:
@@ -167,7 +172,10 @@ class DeformableDecoder(nn.Module):
         memory_mask,
         self_attn_mask=None,
         spatial_shapes=None,
+        query_pos=None,
     ):
+        if self.static_position and query_pos is None:
+            raise ValueError("this decoder takes its positional queries as query_pos")
         ratios = level_valid_ratios(memory_mask, spatial_shapes).to(memory.dtype)  # [B,L,2]
         ref = position if self.anchor_queries else self.reference_head(position).sigmoid()
         out = content
@@ -175,7 +183,9 @@ class DeformableDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             scale = torch.cat((ratios, ratios), -1) if ref.shape[-1] == 4 else ratios
             ref_input = ref[:, :, None] * scale[:, None]  # [B,Q,L,2|4]
-            if self.anchor_queries:
+            if self.static_position:
+                pass
+            elif self.anchor_queries:
                 query_pos = self.reference_head(sine_encode(ref, self.dim // 2))
                 if i > 0:
                     query_pos = query_pos * self.query_scale(out)
@@ -199,60 +209,6 @@ class DeformableDecoder(nn.Module):
             if self.box_refine:
                 ref = new.detach()
         return DecoderOutput(torch.stack(hidden), torch.stack(boxes), torch.stack(references))
-
-
-def proposal_anchors(
-    memory_mask: torch.Tensor, spatial_shapes: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One anchor box per encoder token: its pixel centre in the valid region and a size of
-    0.05 * 2^level. Returns (anchors in logit space [B,S,4], usable [B,S])."""
-    ratios = level_valid_ratios(memory_mask, spatial_shapes)  # [B,L,2]
-    anchors = []
-    for level, centre in enumerate(_valid_centres(spatial_shapes, ratios)):
-        size = torch.full_like(centre, 0.05 * 2.0**level)  # [B,HW,2]
-        anchors.append(torch.cat((centre, size), dim=-1))
-    boxes = torch.cat(anchors, dim=1)  # [B,S,4]
-    usable = ((boxes > 0.01) & (boxes < 0.99)).all(-1) & ~memory_mask
-    return inverse_sigmoid(boxes.clamp(0, 1)), usable
-
-
-class TwoStageProposals(nn.Module):
-    """Queries from the encoder: every token predicts a class and a box refining its anchor;
-    the top-k tokens by class score become the decoder's anchors (detached), with content from
-    their boxes' sine embedding. The selected token indices identify the queries."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.memory_proj = nn.Linear(dim, dim)
-        self.memory_norm = nn.LayerNorm(dim)
-        self.class_head = nn.Linear(dim, num_classes)
-        self.box_head = MLP(dim, dim, 4, 3)
-        nn.init.zeros_(self.box_head.layers[-1].weight)
-        nn.init.zeros_(self.box_head.layers[-1].bias)
-        self.content_proj = nn.Linear(2 * dim, dim)
-        self.content_norm = nn.LayerNorm(dim)
-        self.dim = dim
-
-    def forward(self, memory, memory_mask, spatial_shapes, num_queries):
-        anchors, usable = proposal_anchors(memory_mask, spatial_shapes)
-        tokens = self.memory_norm(self.memory_proj(memory * usable[..., None]))  # [B,S,D]
-        logits = self.class_head(tokens)  # [B,S,C]
-        unact = self.box_head(tokens) + anchors.to(tokens.dtype)
-        boxes = unact.masked_fill(~usable[..., None], 0).sigmoid()  # [B,S,4]
-        scores = logits.max(-1).values.masked_fill(~usable, -math.inf)
-        k = min(num_queries, scores.shape[1])
-        selected = scores.topk(k, dim=1).indices  # [B,k]
-        anchor = torch.gather(boxes, 1, selected[..., None].expand(-1, -1, 4)).detach()  # [B,k,4]
-        content = self.content_norm(self.content_proj(sine_encode(anchor, self.dim // 2)))
-        extras = {
-            # unusable tokens (padding, border anchors) must never be matched to a box in the
-            # encoder loss: a very low score keeps the matcher away and their focal loss at zero
-            "enc_logits": logits.masked_fill(~usable[..., None], -1e4),
-            "enc_boxes": boxes,
-            "enc_usable": usable,
-            "selected_tokens": selected,
-        }
-        return content, anchor, extras
 
 
 def deformable_box_heads(dim: int, num_layers: int, refine: bool, start_small: bool) -> nn.Module:

@@ -146,6 +146,22 @@ class Detector(nn.Module):
             "spatial_shapes": shapes,
         }
 
+    def decode(self, content, position, enc: dict, attn_mask=None):
+        """The decoder on queries (content [B,Q,D], position [B,Q,P]) and `encode`'s output."""
+        static = {}
+        if getattr(self.proposals, "static_position", False):  # reference two-stage
+            static["query_pos"] = self.proposals.query_position(position)
+        return self.decoder(
+            content,
+            position,
+            enc["memory"],
+            enc["memory_pos"],
+            enc["memory_mask"],
+            attn_mask,
+            enc["spatial_shapes"],
+            **static,
+        )
+
     def _group_queries(
         self, group: QueryGroup, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,15 +210,7 @@ class Detector(nn.Module):
         content = torch.cat([c for _, c, _ in sets], 1)  # [B,Qtot,D]
         position = torch.cat([p for _, _, p in sets], 1)  # [B,Qtot,P]
         attn_mask = BlockDiagonal(tuple(sizes)) if len(sets) > 1 else None
-        dec = self.decoder(
-            content,
-            position,
-            enc["memory"],
-            enc["memory_pos"],
-            enc["memory_mask"],
-            attn_mask,
-            enc["spatial_shapes"],
-        )
+        dec = self.decode(content, position, enc, attn_mask)
         logits = self.class_head(dec.hidden)  # [L,B,Qtot,C]
         outputs = []
         start = 0

@@ -62,7 +62,9 @@ def hf_model(kind: str, seed: int = 0):
                 backbone_config=resnet18_config(["stage2", "stage3", "stage4"]),
                 id2label=NAMES,
                 num_feature_levels=4,
-                with_box_refine=kind == "deformable_refine",
+                with_box_refine=kind in ("deformable_refine", "deformable_two_stage"),
+                two_stage=kind == "deformable_two_stage",
+                two_stage_num_proposals=SMALL["num_queries"],
                 **SMALL,
             )
         )

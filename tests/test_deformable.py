@@ -15,6 +15,11 @@ VARIANTS = {
     "plain": {},
     "box_refine": {"box_refine": True},
     "two_stage": {"two_stage": True, "box_refine": True},
+    "two_stage_reference": {
+        "two_stage": True,
+        "box_refine": True,
+        "two_stage_queries": "reference",
+    },
     "dab_deformable": {"anchor_queries": True, "box_refine": True},
 }
 
@@ -44,7 +49,7 @@ def test_output_shapes(variant, train):
     assert out.logits.shape == (L, B, Q, 3) and out.boxes.shape == (L, B, Q, 4)
     assert out.hidden.shape == (L, B, Q, D) and out.references.shape == (L, B, Q, 4)
     assert ((out.boxes > 0) & (out.boxes < 1)).all()
-    anchors = variant in ("two_stage", "dab_deformable")
+    anchors = variant in ("two_stage", "two_stage_reference", "dab_deformable")
     assert out.init_position.shape == (B, Q, 4 if anchors else D)
     assert out.spatial_shapes.tolist() == [[16, 16], [8, 8], [4, 4], [2, 2]]
     assert (
@@ -53,12 +58,14 @@ def test_output_shapes(variant, train):
         and not out.memory_mask[0].any()
     )
     assert len(out.features) == 4 and out.features[3].shape == (B, D, 2, 2)
-    if variant == "two_stage":
+    if variant.startswith("two_stage"):
         selected = out.extras["selected_tokens"]
         assert selected.shape == (B, Q) and selected.dtype == torch.long
         assert not out.memory_mask.gather(1, selected).any()  # never a padded token
-        assert out.extras["enc_logits"].shape == (B, 340, 3)
-    if variant in ("box_refine", "two_stage", "dab_deformable"):
+        # the reference ranks tokens by one class-agnostic logit
+        columns = 1 if variant == "two_stage_reference" else 3
+        assert out.extras["enc_logits"].shape == (B, 340, columns)
+    if variant != "plain":
         # refinement: the next stage starts from this stage's boxes
         assert torch.allclose(out.references[1], out.boxes[0].detach())
     else:
@@ -93,15 +100,7 @@ def _decode(model, enc):
         )
     else:
         content, position = model.main_queries(1)
-    dec = model.decoder(
-        content,
-        position,
-        enc["memory"],
-        enc["memory_pos"],
-        enc["memory_mask"],
-        None,
-        enc["spatial_shapes"],
-    )
+    dec = model.decode(content, position, enc)
     return model.class_head(dec.hidden), dec.boxes
 
 
@@ -153,7 +152,7 @@ def test_gradients_reach_every_parameter(variant):
     out = model(images, mask)
     losses, _ = criterion(out, targets)
     losses.update(encoder_proposal_losses(criterion, out, targets))
-    assert any(k.startswith("enc_") for k in losses) == (variant == "two_stage")
+    assert any(k.startswith("enc_") for k in losses) == variant.startswith("two_stage")
     total(losses).backward()
     missing = [
         n

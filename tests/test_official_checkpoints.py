@@ -33,6 +33,12 @@ VARIANTS = {
         "levels": ["C3", "C4", "C5"],
         "box_refine": True,
     },
+    "deformable_two_stage": {
+        "architecture": "deformable_detr",
+        "levels": ["C3", "C4", "C5"],
+        "box_refine": True,
+        "two_stage": True,
+    },
 }
 # names as the official code's state_dict() writes them
 OFFICIAL_NAMES = {
@@ -66,6 +72,20 @@ OFFICIAL_NAMES["deformable_refine"] = [
     *OFFICIAL_NAMES["deformable"],
     "transformer.decoder.bbox_embed.1.layers.2.weight",
 ]
+OFFICIAL_NAMES["deformable_two_stage"] = [
+    *(
+        n
+        for n in OFFICIAL_NAMES["deformable_refine"]
+        if n not in ("query_embed.weight", "transformer.reference_points.weight")
+    ),
+    "transformer.enc_output.weight",
+    "transformer.enc_output_norm.bias",
+    "transformer.pos_trans.weight",
+    "transformer.pos_trans_norm.weight",
+    "class_embed.2.bias",
+    "bbox_embed.2.layers.2.weight",
+    "transformer.decoder.class_embed.2.weight",
+]
 
 
 def _model(variant: str):
@@ -87,6 +107,8 @@ def test_official_names_round_trip(variant):
     assert set(OFFICIAL_NAMES[variant]) <= set(official)
     back, unmapped = official_to_ours(official, config.architecture, config.hidden_dim, refine)
     assert unmapped == []
+    if getattr(config, "two_stage", False):  # queries come from the encoder's tokens
+        assert "query_embed.weight" not in official
     own = model.state_dict()
     assert back.keys() == own.keys()
     assert all(torch.equal(back[k], own[k]) for k in own)
@@ -97,7 +119,8 @@ def test_an_official_pth_imports_exactly(tmp_path, variant):
     model, config = _model(variant)
     refine = getattr(config, "box_refine", False)
     official = ours_to_official(model.state_dict(), config.architecture, refine, stages=2)
-    args = argparse.Namespace(nheads=4, dropout=0.0, lr=2e-4)  # what the releases carry
+    # what the releases carry
+    args = argparse.Namespace(nheads=4, dropout=0.0, lr=2e-4, num_queries=12)
     torch.save({"model": official, "args": args, "epoch": 49}, tmp_path / "release.pth")
     out = tmp_path / "model.pt"
     assert main(["import", str(tmp_path / "release.pth"), "--out", str(out)]) == 0

@@ -72,10 +72,10 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     }
     if architecture == "deformable_detr":
         _same("encoder_n_points", "decoder_n_points", hf)
-        if hf.get("two_stage"):
+        if hf.get("two_stage") and not hf.get("with_box_refine"):
             raise UnsupportedCheckpoint(
-                "two-stage Deformable DETR checkpoints are not importable yet (its reference "
-                "proposal queries differ from this product's two-stage); plain and box-refine are"
+                "two-stage Deformable DETR without box refinement is not importable (its "
+                "encoder shares the decoder's heads); two-stage with box refinement is"
             )
         if hf.get("num_feature_levels", 4) == 1:
             raise UnsupportedCheckpoint(
@@ -88,8 +88,8 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
             box_refine=bool(hf.get("with_box_refine", False)),
             two_stage=bool(hf.get("two_stage", False)),
         )
-        if data["two_stage"] and hf.get("two_stage_num_proposals", 300) != data["num_queries"]:
-            raise UnsupportedCheckpoint("two_stage_num_proposals must equal num_queries")
+        if data["two_stage"]:  # its queries are the proposals; num_queries is unused
+            data["num_queries"] = hf.get("two_stage_num_proposals", 300)
     if architecture == "dab_detr":
         data.update(_dab_options(hf))
     try:

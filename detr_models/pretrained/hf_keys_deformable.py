@@ -15,6 +15,11 @@ DEFORMABLE = [  # after the shared feed-forward, norm and self-attention rules
     (r"^model\.encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.attn."),
     (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.", r"decoder.layers.\1.cross_attn."),
     (r"^model\.reference_points\.", "decoder.reference_head."),
+    # two-stage (reference queries)
+    (r"^model\.enc_output\.", "proposals.memory_proj."),
+    (r"^model\.enc_output_norm\.", "proposals.memory_norm."),
+    (r"^model\.pos_trans\.", "proposals.pos_proj."),
+    (r"^model\.pos_trans_norm\.", "proposals.pos_norm."),
 ]
 _HEAD = re.compile(
     r"^(?:model\.decoder\.)?(class|bbox)_embed\.(\d+)\.(weight|bias|layers\.\d+\.(?:weight|bias))$"
@@ -28,7 +33,8 @@ def split_deformable_special(
 
     The query embedding's first half is the positional query, the second the content. Heads:
     one per stage with box refinement, else one shared; a stage whose head the file stores
-    only once (tied) takes the stored one."""
+    only once (tied) takes the stored one; a two-stage model's extra head (index num_stages)
+    is its encoder's proposal head."""
     ours: dict[str, torch.Tensor] = {}
     rest: dict[str, torch.Tensor] = {}
     heads: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
@@ -45,6 +51,9 @@ def split_deformable_special(
         rest[name] = tensor
     for (kind, param), stored in heads.items():
         prefix = "class_head" if kind == "class" else "decoder.box_head"
+        if num_stages in stored:  # two-stage: the head after the decoder's is the encoder's
+            name = "class_head" if kind == "class" else "box_head"
+            ours[f"proposals.{name}.{param}"] = stored.pop(num_stages)
         if box_refine:
             for stage in range(num_stages):
                 tensor = stored.get(stage, stored[min(stored)])  # tied: stored once

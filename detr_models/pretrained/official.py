@@ -6,7 +6,6 @@ and loaded into our reference-exact model."""
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from detr_models.config import REFERENCE_OPTIONS, model_config_from_dict
 from detr_models.pretrained.coco_names import coco_slot_names
 from detr_models.pretrained.hf_config import UnsupportedCheckpoint
 from detr_models.pretrained.hf_folder import Imported, ImportError_, loaded
-from detr_models.pretrained.official_keys import official_to_ours
+from detr_models.pretrained.official_keys import count_layers, official_to_ours
 
 _RESNETS = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50"}
 
@@ -43,8 +42,7 @@ def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 def config_from_official(state: dict[str, torch.Tensor], args: dict[str, Any]):
     """(our reference-exact config, class names) inferred from an official state dict."""
-    if "transformer.enc_output.weight" in state:
-        raise UnsupportedCheckpoint("two-stage Deformable DETR checkpoints are not importable yet")
+    two_stage = "transformer.enc_output.weight" in state
     deformable = "transformer.level_embed" in state
     if not deformable and "transformer.decoder.norm.weight" not in state:
         raise UnsupportedCheckpoint(
@@ -57,10 +55,12 @@ def config_from_official(state: dict[str, torch.Tensor], args: dict[str, Any]):
         "backbone": _backbone(state),
         "hidden_dim": args.get("hidden_dim", _count_dim(state, deformable)),
         "num_heads": heads,
-        "encoder_layers": _count(state, "transformer.encoder.layers."),
-        "decoder_layers": _count(state, "transformer.decoder.layers."),
+        "encoder_layers": count_layers(state, "transformer.encoder.layers."),
+        "decoder_layers": count_layers(state, "transformer.decoder.layers."),
         "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        "num_queries": state["query_embed.weight"].shape[0],
+        "num_queries": (
+            int(args.get("num_queries", 300)) if two_stage else state["query_embed.weight"].shape[0]
+        ),
         "dropout": float(args.get("dropout", 0.1)),
     }
     if deformable:
@@ -73,8 +73,14 @@ def config_from_official(state: dict[str, torch.Tensor], args: dict[str, Any]):
             num_feature_levels=levels,
             num_points=weights.shape[0] // (heads * levels),
             box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+            two_stage=two_stage,
             num_classes=state["class_embed.0.weight"].shape[0],
         )
+        if two_stage and not data["box_refine"]:
+            raise UnsupportedCheckpoint(
+                "two-stage Deformable DETR without box refinement is not importable (its "
+                "encoder shares the decoder's heads); two-stage with box refinement is"
+            )
     else:
         data.update(levels=["C5"], num_classes=state["class_embed.weight"].shape[0] - 1)
     data.update(REFERENCE_OPTIONS[data["architecture"]])
@@ -97,18 +103,13 @@ def import_official(path: str | Path) -> Imported:
     return loaded(config, names, converted, unmapped, f"{path} (as its shapes describe it)")
 
 
-def _count(state: dict[str, torch.Tensor], prefix: str) -> int:
-    found = {int(m[1]) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return max(found) + 1 if found else 0
-
-
 def _count_dim(state: dict[str, torch.Tensor], deformable: bool) -> int:
     key = "input_proj.0.0.weight" if deformable else "input_proj.weight"
     return state[key].shape[0]
 
 
 def _backbone(state: dict[str, torch.Tensor]) -> str:
-    blocks = _count(state, "backbone.0.body.layer3.")
+    blocks = count_layers(state, "backbone.0.body.layer3.")
     bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
     if bottleneck and blocks == 23:
         return "resnet101"

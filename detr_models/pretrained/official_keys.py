@@ -65,6 +65,15 @@ _DEFORMABLE_HEADS = {
     ],
     False: [("class_embed.0.", "class_head."), ("bbox_embed.0.", "decoder.box_head.")],
 }
+# two-stage: the encoder's proposal layers, and its heads (the ones after the decoder's)
+_TWO_STAGE = [
+    ("transformer.enc_output.", "proposals.memory_proj."),
+    ("transformer.enc_output_norm.", "proposals.memory_norm."),
+    ("transformer.pos_trans.", "proposals.pos_proj."),
+    ("transformer.pos_trans_norm.", "proposals.pos_norm."),
+    ("class_embed.{stages}.", "proposals.class_head."),
+    ("bbox_embed.{stages}.", "proposals.box_head."),
+]
 # packed q/k/v: official prefix -> our attention module
 _PACKED = {
     "detr": [
@@ -78,12 +87,18 @@ _PACKED = {
 }
 
 
-def rules(architecture: str, box_refine: bool = False) -> list[tuple[str, str]]:
-    """(official template, our template) pairs; `{i}` is a layer/stage number."""
+def rules(
+    architecture: str, box_refine: bool = False, two_stage_stages: int | None = None
+) -> list[tuple[str, str]]:
+    """(official template, our template) pairs; `{i}` is a layer/stage number.
+    `two_stage_stages`: the decoder's stage count of a two-stage model (else None)."""
     if architecture == "detr":
         named = _DETR
     elif architecture == "deformable_detr":
         named = _DEFORMABLE + _DEFORMABLE_HEADS[box_refine]
+        if two_stage_stages is not None:
+            extra = str(two_stage_stages)
+            named = [(a.replace("{stages}", extra), b) for a, b in _TWO_STAGE] + named
     else:
         raise ValueError(f"no official weight format for {architecture!r} (detr, deformable_detr)")
     ffn = [
@@ -110,14 +125,16 @@ def official_to_ours(
     state: dict[str, torch.Tensor], architecture: str, hidden_dim: int, box_refine: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(our state dict, the official names no rule maps)."""
-    pairs = rules(architecture, box_refine)
+    two_stage = "transformer.enc_output.weight" in state
+    stages = count_layers(state, "transformer.decoder.layers.") if two_stage else None
+    pairs = rules(architecture, box_refine, stages)
     ours: dict[str, torch.Tensor] = {}
     unmapped = []
     for name, tensor in state.items():
         if name.endswith("num_batches_tracked") or name.startswith(
-            "transformer.decoder.bbox_embed"
+            ("transformer.decoder.bbox_embed", "transformer.decoder.class_embed")
         ):
-            continue  # a counter; and box refinement's tied copies of bbox_embed
+            continue  # a counter; and the decoder's tied copies of the heads
         if architecture == "deformable_detr" and name == "query_embed.weight":
             ours["query_position.weight"] = tensor[:, :hidden_dim]
             ours["query_content.weight"] = tensor[:, hidden_dim:]
@@ -143,7 +160,8 @@ def ours_to_official(
     state: dict[str, torch.Tensor], architecture: str, box_refine: bool = False, stages: int = 6
 ) -> dict[str, torch.Tensor]:
     """Our state dict under the official names (what the official code loads)."""
-    pairs = [(b, a) for a, b in rules(architecture, box_refine)]
+    two_stage = "proposals.pos_proj.weight" in state
+    pairs = [(b, a) for a, b in rules(architecture, box_refine, stages if two_stage else None)]
     packed_pairs = [(b, a) for a, b in _PACKED[architecture]]
     official: dict[str, torch.Tensor] = {}
     pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -174,4 +192,12 @@ def ours_to_official(
                     official[name.replace(".0.", f".{stage}.", 1)] = official[name]
             elif box_refine and name.startswith("bbox_embed."):
                 official[f"transformer.decoder.{name}"] = official[name]
+            if two_stage and name.startswith("class_embed."):
+                official[f"transformer.decoder.{name}"] = official[name]
     return official
+
+
+def count_layers(state: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered layers `prefix<N>.` the state dict holds."""
+    found = {int(m[1]) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(found) + 1 if found else 0
