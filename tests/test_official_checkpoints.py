@@ -1,5 +1,6 @@
 """The official repos' checkpoint format (facebookresearch/detr, fundamentalvision/
-Deformable-DETR): their weight names, both ways, and `.pth` files that import exactly."""
+Deformable-DETR, Atten4Vis/ConditionalDETR, IDEA-Research/DAB-DETR): their weight names, both
+ways, and `.pth` files that import exactly."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ VARIANTS = {
         "box_refine": True,
         "two_stage": True,
     },
+    "conditional": {"architecture": "conditional_detr", "levels": ["C5"]},
+    "dab": {"architecture": "dab_detr", "levels": ["C5"]},
 }
 # names as the official code's state_dict() writes them
 OFFICIAL_NAMES = {
@@ -86,6 +89,46 @@ OFFICIAL_NAMES["deformable_two_stage"] = [
     "bbox_embed.2.layers.2.weight",
     "transformer.decoder.class_embed.2.weight",
 ]
+_CONDITIONAL_DECODER = [
+    "input_proj.weight",
+    "transformer.encoder.layers.1.self_attn.in_proj_weight",
+    "transformer.encoder.layers.0.self_attn.out_proj.bias",
+    "transformer.encoder.layers.0.norm2.weight",
+    "transformer.decoder.layers.0.sa_qcontent_proj.weight",
+    "transformer.decoder.layers.1.sa_kpos_proj.bias",
+    "transformer.decoder.layers.1.sa_v_proj.weight",
+    "transformer.decoder.layers.0.self_attn.out_proj.weight",
+    "transformer.decoder.layers.0.ca_qpos_proj.weight",
+    "transformer.decoder.layers.1.ca_qpos_sine_proj.weight",
+    "transformer.decoder.layers.1.ca_kcontent_proj.bias",
+    "transformer.decoder.layers.1.cross_attn.out_proj.weight",
+    "transformer.decoder.layers.1.norm3.bias",
+    "transformer.decoder.norm.weight",
+    "transformer.decoder.query_scale.layers.1.weight",
+    "transformer.decoder.ref_point_head.layers.0.weight",
+    "class_embed.weight",
+    "bbox_embed.layers.2.weight",
+]
+OFFICIAL_NAMES["conditional"] = [*_CONDITIONAL_DECODER, "query_embed.weight"]
+OFFICIAL_NAMES["dab"] = [
+    *_CONDITIONAL_DECODER,
+    "refpoint_embed.weight",
+    "transformer.encoder.query_scale.layers.0.weight",
+    "transformer.encoder.layers.1.activation.weight",
+    "transformer.decoder.layers.0.activation.weight",
+    "transformer.decoder.ref_anchor_head.layers.1.bias",
+    "transformer.decoder.bbox_embed.layers.2.weight",
+]
+# names only the variant with more of a feature has; the official code does not create them
+ABSENT = {
+    "conditional": ["transformer.decoder.layers.1.ca_qpos_proj.weight"],
+    "dab": ["transformer.decoder.layers.1.ca_qpos_proj.weight", "query_embed.weight"],
+}
+FORMATS = {
+    "detr": "detr",
+    "conditional": "conditional-detr",
+    "dab": "dab-detr",
+}
 
 
 def _model(variant: str):
@@ -105,6 +148,7 @@ def test_official_names_round_trip(variant):
     refine = getattr(config, "box_refine", False)
     official = ours_to_official(model.state_dict(), config.architecture, refine, stages=2)
     assert set(OFFICIAL_NAMES[variant]) <= set(official)
+    assert not set(ABSENT.get(variant, [])) & set(official)
     back, unmapped = official_to_ours(official, config.architecture, config.hidden_dim, refine)
     assert unmapped == []
     if getattr(config, "two_stage", False):  # queries come from the encoder's tokens
@@ -121,9 +165,13 @@ def test_an_official_pth_imports_exactly(tmp_path, variant):
     official = ours_to_official(model.state_dict(), config.architecture, refine, stages=2)
     # what the releases carry
     args = argparse.Namespace(nheads=4, dropout=0.0, lr=2e-4, num_queries=12)
+    if variant == "dab":  # DAB-DETR's own argument names
+        args.pe_temperatureH = args.pe_temperatureW = 20
+        args.transformer_activation, args.num_patterns = "prelu", 0
     torch.save({"model": official, "args": args, "epoch": 49}, tmp_path / "release.pth")
     out = tmp_path / "model.pt"
-    assert main(["import", str(tmp_path / "release.pth"), "--out", str(out)]) == 0
+    fmt = ["--format", FORMATS[variant]] if variant in FORMATS else []
+    assert main(["import", str(tmp_path / "release.pth"), "--out", str(out), *fmt]) == 0
     imported, payload = load_model(str(out))
     assert payload["config"] == config.model_dump(mode="json")
     assert payload["extra"]["class_names"][1] == "person"
@@ -157,3 +205,19 @@ def test_the_format_flag_is_checked_against_the_file(tmp_path, capsys):
     args = ["import", str(tmp_path / "detr.pth"), "--out", str(tmp_path / "m.pt")]
     assert main([*args, "--format", "deformable-detr"]) == 2
     assert "--format deformable-detr, but the file holds a detr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"transformer.patterns.weight": torch.zeros(3, 64)}, "num_patterns > 0"),
+        ({"transformer.decoder.layers.1.ca_qpos_proj.weight": torch.zeros(64, 64)}, "keep_query"),
+    ],
+)
+def test_dab_variants_we_do_not_represent_are_refused(tmp_path, capsys, extra, message):
+    model, config = _model("dab")
+    official = {**ours_to_official(model.state_dict(), config.architecture), **extra}
+    torch.save({"model": official}, tmp_path / "dab.pth")
+    out = tmp_path / "m.pt"
+    assert main(["import", str(tmp_path / "dab.pth"), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

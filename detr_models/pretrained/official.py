@@ -1,5 +1,5 @@
 """The official repos' `.pth` checkpoints (facebookresearch/detr, fundamentalvision/
-Deformable-DETR): read without running code (tensors, plus the training `args` namespace the
+Deformable-DETR, Atten4Vis/ConditionalDETR, IDEA-Research/DAB-DETR): read without running code (tensors, plus the training `args` namespace the
 Deformable DETR releases carry), the config inferred from the weights' shapes and those args,
 and loaded into our reference-exact model."""
 
@@ -40,55 +40,102 @@ def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     raise ImportError_(f"{path}: expected {{'model': state dict, ...}} or a bare state dict")
 
 
+def official_architecture(state: dict[str, torch.Tensor]) -> str:
+    """Which official model a state dict is, from the names only that one has."""
+    if "transformer.level_embed" in state:
+        return "deformable_detr"
+    if "refpoint_embed.weight" in state:
+        return "dab_detr"
+    if "transformer.decoder.query_scale.layers.0.weight" in state:
+        return "conditional_detr"
+    if "transformer.decoder.layers.0.multihead_attn.in_proj_weight" in state:
+        return "detr"
+    raise UnsupportedCheckpoint(
+        "not an official DETR, Conditional DETR, DAB-DETR or Deformable DETR checkpoint "
+        "(none of their characteristic weight names is present)"
+    )
+
+
 def config_from_official(state: dict[str, torch.Tensor], args: dict[str, Any]):
     """(our reference-exact config, class names) inferred from an official state dict."""
+    architecture = official_architecture(state)
+    deformable = architecture == "deformable_detr"
     two_stage = "transformer.enc_output.weight" in state
-    deformable = "transformer.level_embed" in state
-    if not deformable and "transformer.decoder.norm.weight" not in state:
-        raise UnsupportedCheckpoint(
-            "not an official DETR or Deformable DETR checkpoint; for Conditional DETR and "
-            "DAB-DETR import their Hugging Face folders"
-        )
     heads = int(args.get("nheads", 8))
     data: dict[str, Any] = {
-        "architecture": "deformable_detr" if deformable else "detr",
+        "architecture": architecture,
         "backbone": _backbone(state),
         "hidden_dim": args.get("hidden_dim", _count_dim(state, deformable)),
         "num_heads": heads,
         "encoder_layers": count_layers(state, "transformer.encoder.layers."),
         "decoder_layers": count_layers(state, "transformer.decoder.layers."),
         "ffn_dim": state["transformer.encoder.layers.0.linear1.weight"].shape[0],
-        "num_queries": (
-            int(args.get("num_queries", 300)) if two_stage else state["query_embed.weight"].shape[0]
-        ),
         "dropout": float(args.get("dropout", 0.1)),
+        "levels": ["C5"],
     }
     if deformable:
-        levels = state["transformer.level_embed"].shape[0]
-        if levels == 1:
-            raise UnsupportedCheckpoint("single-level Deformable DETR is not importable yet")
-        weights = state["transformer.encoder.layers.0.self_attn.attention_weights.weight"]
+        data.update(_deformable(state, args, heads, two_stage))
+    elif architecture == "detr":
         data.update(
-            levels=["C3", "C4", "C5"],
-            num_feature_levels=levels,
-            num_points=weights.shape[0] // (heads * levels),
-            box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
-            two_stage=two_stage,
-            num_classes=state["class_embed.0.weight"].shape[0],
+            num_queries=state["query_embed.weight"].shape[0],
+            num_classes=state["class_embed.weight"].shape[0] - 1,  # the last is no-object
         )
-        if two_stage and not data["box_refine"]:
-            raise UnsupportedCheckpoint(
-                "two-stage Deformable DETR without box refinement is not importable (its "
-                "encoder shares the decoder's heads); two-stage with box refinement is"
-            )
     else:
-        data.update(levels=["C5"], num_classes=state["class_embed.weight"].shape[0] - 1)
-    data.update(REFERENCE_OPTIONS[data["architecture"]])
+        queries = "refpoint_embed.weight" if architecture == "dab_detr" else "query_embed.weight"
+        data.update(
+            num_queries=state[queries].shape[0], num_classes=state["class_embed.weight"].shape[0]
+        )
+    data.update(REFERENCE_OPTIONS[architecture])
+    if architecture == "dab_detr":
+        data.update(_dab(state, args))
     try:
         config = model_config_from_dict(data)
     except ValueError as err:
         raise UnsupportedCheckpoint(f"config does not translate: {err}") from None
     return config, coco_slot_names(config.num_classes)
+
+
+def _deformable(
+    state: dict[str, torch.Tensor], args: dict[str, Any], heads: int, two_stage: bool
+) -> dict[str, Any]:
+    levels = state["transformer.level_embed"].shape[0]
+    if levels == 1:
+        raise UnsupportedCheckpoint("single-level Deformable DETR is not importable yet")
+    weights = state["transformer.encoder.layers.0.self_attn.attention_weights.weight"]
+    refine = "transformer.decoder.bbox_embed.0.layers.0.weight" in state
+    if two_stage and not refine:
+        raise UnsupportedCheckpoint(
+            "two-stage Deformable DETR without box refinement is not importable (its "
+            "encoder shares the decoder's heads); two-stage with box refinement is"
+        )
+    return {
+        "levels": ["C3", "C4", "C5"],
+        "num_feature_levels": levels,
+        "num_points": weights.shape[0] // (heads * levels),
+        "box_refine": refine,
+        "two_stage": two_stage,
+        "num_queries": (
+            int(args.get("num_queries", 300)) if two_stage else state["query_embed.weight"].shape[0]
+        ),
+        "num_classes": state["class_embed.0.weight"].shape[0],
+    }
+
+
+def _dab(state: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[str, Any]:
+    """DAB-DETR's variants this product represents (the released defaults), else a refusal."""
+    if "transformer.patterns.weight" in state or int(args.get("num_patterns", 0) or 0):
+        raise UnsupportedCheckpoint("DAB-DETR with num_patterns > 0 is not supported")
+    if "transformer.decoder.layers.1.ca_qpos_proj.weight" in state:
+        raise UnsupportedCheckpoint("DAB-DETR with keep_query_pos is not supported")
+    if state["refpoint_embed.weight"].shape[1] != 4:
+        raise UnsupportedCheckpoint("DAB-DETR with query_dim != 4 is not supported")
+    height, width = args.get("pe_temperatureH", 20), args.get("pe_temperatureW", 20)
+    if height != width:
+        raise UnsupportedCheckpoint(
+            f"pe_temperatureH {height} != pe_temperatureW {width}: one temperature only"
+        )
+    prelu = "transformer.encoder.layers.0.activation.weight" in state
+    return {"position_temperature": float(height), "ffn_activation": "prelu" if prelu else "relu"}
 
 
 def import_official(path: str | Path) -> Imported:

@@ -1,5 +1,5 @@
-"""The official repos' weight names (facebookresearch/detr, fundamentalvision/Deformable-DETR)
-<-> this product's, both ways. Their attention layers are `nn.MultiheadAttention`s, whose
+"""The official repos' weight names (facebookresearch/detr, fundamentalvision/Deformable-DETR,
+Atten4Vis/ConditionalDETR, IDEA-Research/DAB-DETR) <-> this product's, both ways. Their attention layers are `nn.MultiheadAttention`s, whose
 packed `in_proj_weight` [3D, D] holds our q, k and v projections one after another."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 
 import torch
+
+from detr_models.pretrained import official_keys_conditional as conditional
 
 _BACKBONE = [
     ("backbone.0.body.conv1.", "backbone.stem.0."),
@@ -84,6 +86,8 @@ _PACKED = {
     "deformable_detr": [
         ("transformer.decoder.layers.{i}.self_attn.", "decoder.layers.{i}.self_attn."),
     ],
+    "conditional_detr": conditional.PACKED,
+    "dab_detr": conditional.PACKED,
 }
 
 
@@ -99,8 +103,12 @@ def rules(
         if two_stage_stages is not None:
             extra = str(two_stage_stages)
             named = [(a.replace("{stages}", extra), b) for a, b in _TWO_STAGE] + named
+    elif architecture == "conditional_detr":
+        named = conditional.CONDITIONAL
+    elif architecture == "dab_detr":
+        named = conditional.DAB
     else:
-        raise ValueError(f"no official weight format for {architecture!r} (detr, deformable_detr)")
+        raise ValueError(f"no official weight format for {architecture!r}")
     ffn = [
         (a.replace("{part}", p), b.replace("{part}", p))
         for a, b in _FFN
@@ -194,6 +202,9 @@ def ours_to_official(
                 official[f"transformer.decoder.{name}"] = official[name]
             if two_stage and name.startswith("class_embed."):
                 official[f"transformer.decoder.{name}"] = official[name]
+    if architecture == "dab_detr":  # the decoder refines anchors with the shared box head
+        for name in [n for n in official if n.startswith("bbox_embed.")]:
+            official[f"transformer.decoder.{name}"] = official[name]
     return official
 
 

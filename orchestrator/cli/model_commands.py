@@ -45,17 +45,19 @@ def add_import_command(commands: argparse._SubParsersAction) -> None:
         help="turn a pretrained Hugging Face DETR-family checkpoint into a model file",
         description="SOURCE is a local Hugging Face model folder (config.json + *.safetensors), "
         "hf:<org>/<name>[@revision] (e.g. hf:SenseTime/deformable-detr-with-box-refine), or an "
-        "official DETR / Deformable DETR .pth release. "
+        "official DETR / Deformable DETR / Conditional DETR / DAB-DETR .pth release. "
         "The model file can be a spec's teacher.weights or student.weights.",
     )
     parser.add_argument("source", help="model folder or hf:<org>/<name>[@revision]")
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument(
         "--format",
-        choices=("auto", "hf", "detr", "deformable-detr"),
+        choices=("auto", "hf", "detr", "deformable-detr", "conditional-detr", "dab-detr"),
         default="auto",
         help="auto: a folder or hf:... is a Hugging Face model, a file an official .pth "
-        "(detr: facebookresearch/detr, deformable-detr: fundamentalvision/Deformable-DETR)",
+        "(detr: facebookresearch/detr, deformable-detr: fundamentalvision/Deformable-DETR, "
+        "conditional-detr: Atten4Vis/ConditionalDETR, dab-detr: IDEA-Research/DAB-DETR); "
+        "a named format is checked against the file",
     )
     parser.add_argument("--register", metavar="NAME", help="also register in MLflow as NAME")
     parser.add_argument(

@@ -29,7 +29,12 @@ class ImportResult:
     registered_version: str | None
 
 
-OFFICIAL_FORMATS = {"detr": "detr", "deformable-detr": "deformable_detr"}
+OFFICIAL_FORMATS = {
+    "detr": "detr",
+    "deformable-detr": "deformable_detr",
+    "conditional-detr": "conditional_detr",
+    "dab-detr": "dab_detr",
+}
 
 
 def import_checkpoint(
@@ -43,7 +48,7 @@ def import_checkpoint(
 ) -> ImportResult:
     """Import `source` into the model file `out` (written only when everything mapped).
     `fmt`: auto (a file is an official `.pth`, a folder or hf:... a Hugging Face model), hf,
-    detr or deformable-detr (official)."""
+    or an official repo's format (detr, deformable-detr, conditional-detr, dab-detr)."""
     if out.exists() and out.is_dir():
         raise UserInputError(f"--out {out} is a folder; give a file name such as {out}/model.pt")
     official = fmt in OFFICIAL_FORMATS or (fmt == "auto" and Path(source).is_file())
