@@ -26,6 +26,7 @@ KINDS = {
     "deformable": "Deformable DETR",
     "deformable_refine": "Deformable DETR + box refine",
     "deformable_two_stage": "Deformable DETR two-stage (+ box refine)",
+    "rtdetr_v2": "RT-DETRv2 (ResNet-18-vd)",
 }
 
 

@@ -15,6 +15,7 @@ from detr_models.config import (
     DeformableDetrConfig,
     DetrConfig,
     ModelConfig,
+    RtDetrConfig,
     model_config_from_dict,
 )
 from detr_models.deformable import (
@@ -26,8 +27,12 @@ from detr_models.detector import Detector
 from detr_models.detr_decoder import DetrDecoder
 from detr_models.encoder import TransformerEncoder
 from detr_models.layers import MLP, PerStage, SoftmaxClassHead
+from detr_models.hybrid_encoder import HybridEncoder
 from detr_models.position import PositionEmbeddingSine
 from detr_models.proposals import ReferenceProposals, TwoStageProposals
+from detr_models.resnet_vd import ResNetVd
+from detr_models.rtdetr import RtDetr
+from detr_models.rtdetr_decoder import RtDetrDecoder
 
 
 def _box_head(c: ModelConfig, zero_last: bool) -> MLP:
@@ -158,11 +163,37 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
     )
 
 
+def build_rtdetr(c: RtDetrConfig) -> RtDetr:
+    """RT-DETRv2: ResNet-vd, hybrid encoder, query selection, refining deformable decoder."""
+    if c.backbone.endswith("vd"):
+        backbone = ResNetVd(int(c.backbone[6:-2]), c.levels, c.frozen_stages)
+    else:
+        backbone = build_backbone(
+            c.backbone, c.levels, c.frozen_stages, c.backbone_weights, c.tiny_width
+        )
+    encoder = HybridEncoder(
+        list(backbone.channels),
+        c.hidden_dim,
+        c.num_heads,
+        c.encoder_ffn_dim,
+        c.encoder_layers,
+        c.dropout,
+        c.expansion,
+        c.position_temperature,
+    )
+    levels = len(c.levels)
+    decoder = RtDetrDecoder(
+        c.hidden_dim, c.num_heads, c.ffn_dim, c.decoder_layers, c.dropout, levels, c.num_points
+    )
+    return RtDetr(backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries)
+
+
 BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
     "detr": build_detr,
     "conditional_detr": build_conditional_detr,
     "dab_detr": build_dab_detr,
     "deformable_detr": build_deformable_detr,
+    "rtdetr_v2": build_rtdetr,
 }
 
 

@@ -197,11 +197,46 @@ class DeformableDetrConfig(ModelConfig):
         return strides + [strides[-1] * 2 ** (i + 1) for i in range(extra)]
 
 
+class RtDetrConfig(ModelConfig):
+    """RT-DETRv2: a ResNet-vd backbone (`resnet18vd`..`resnet101vd`; the torchvision ResNets
+    and `tiny` also work), the hybrid encoder (`encoder_layers` transformer layers on the
+    coarsest level, CSP fusion with `expansion`), top-k query selection, a deformable decoder
+    with box refinement. Defaults: the R-50 reference; R-18 uses expansion 0.5, 3 decoder
+    layers."""
+
+    architecture: Literal["rtdetr_v2"] = "rtdetr_v2"
+    backbone: Literal[
+        "tiny",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet18vd",
+        "resnet34vd",
+        "resnet50vd",
+        "resnet101vd",
+    ] = "resnet50vd"
+    frozen_stages: Annotated[int, Field(ge=-1, le=4)] = 0
+    levels: list[Level] = Field(default_factory=lambda: ["C3", "C4", "C5"], min_length=2)
+    num_queries: Annotated[int, Field(gt=0, le=10_000)] = 300
+    encoder_layers: Annotated[int, Field(ge=0, le=48)] = 1
+    encoder_ffn_dim: Annotated[int, Field(gt=0, le=32768)] = 1024
+    ffn_dim: Annotated[int, Field(gt=0, le=32768)] = 1024
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    expansion: Annotated[float, Field(gt=0, le=8)] = 1.0
+    num_points: Annotated[int, Field(gt=0, le=32)] = 4
+
+    @property
+    def query_kind(self) -> str:
+        return "anchor"
+
+
 ARCHITECTURES: dict[str, type[ModelConfig]] = {
     "detr": DetrConfig,
     "conditional_detr": ConditionalDetrConfig,
     "dab_detr": DabDetrConfig,
     "deformable_detr": DeformableDetrConfig,
+    "rtdetr_v2": RtDetrConfig,
 }
 
 # what the official implementations (and Hugging Face transformers) do, per architecture:
@@ -230,10 +265,11 @@ REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {
         "mask_extra_levels": False,
         "two_stage_queries": "reference",
     },
+    "rtdetr_v2": {},  # exact as built
 }
 
 AnyModelConfig = Annotated[
-    DetrConfig | ConditionalDetrConfig | DabDetrConfig | DeformableDetrConfig,
+    DetrConfig | ConditionalDetrConfig | DabDetrConfig | DeformableDetrConfig | RtDetrConfig,
     Field(discriminator="architecture"),
 ]
 _ANY = TypeAdapter(AnyModelConfig)
@@ -256,7 +292,7 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
     cls = ARCHITECTURES[name]
-    if name != "deformable_detr":  # model files written before the split carry these, unused
+    if name not in ("deformable_detr", "rtdetr_v2"):  # files before the split carry these
         for key in _LEGACY_DEFORMABLE & set(data):
             data.pop(key)
     unknown = sorted(set(data) - set(cls.model_fields))

@@ -26,23 +26,27 @@ class MLP(nn.Module):
 
 class FeedForward(nn.Module):
     """Post-norm feed-forward block: x + dropout(W2 act(W1 x)), then LayerNorm; act is ReLU,
-    or PReLU (one learned slope, as DAB-DETR)."""
+    PReLU (one learned slope, as DAB-DETR) or GELU (RT-DETR's encoder)."""
 
     def __init__(
         self, dim: int, ffn_dim: int, dropout: float = 0.0, activation: str = "relu"
     ) -> None:
         super().__init__()
-        if activation not in ("relu", "prelu"):
-            raise ValueError(f"activation must be relu or prelu, got {activation!r}")
+        if activation not in ("relu", "prelu", "gelu"):
+            raise ValueError(f"activation must be relu, prelu or gelu, got {activation!r}")
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.activation = nn.PReLU() if activation == "prelu" else None
+        self.gelu = activation == "gelu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.linear1(x)
-        hidden = F.relu(hidden) if self.activation is None else self.activation(hidden)
+        if self.activation is not None:
+            hidden = self.activation(hidden)
+        else:
+            hidden = F.gelu(hidden) if self.gelu else F.relu(hidden)
         y = self.linear2(self.dropout(hidden))
         return self.norm(x + self.dropout(y))
 

@@ -34,6 +34,35 @@ def resnet18_config(stages: list[str]):
     )
 
 
+def rtdetr_v2_config(**changes):
+    """A small RT-DETRv2 (ResNet-18-vd, hidden expansion 0.5 as the R-18 release)."""
+    import transformers as hf
+
+    backbone = hf.RTDetrResNetConfig(
+        layer_type="basic",
+        depths=[2, 2, 2, 2],
+        hidden_sizes=[64, 128, 256, 512],
+        embedding_size=64,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    data = {
+        "backbone_config": backbone,
+        "id2label": NAMES,
+        "d_model": 64,
+        "encoder_hidden_dim": 64,
+        "encoder_in_channels": [128, 256, 512],
+        "decoder_in_channels": [64, 64, 64],
+        "encoder_ffn_dim": 128,
+        "decoder_ffn_dim": 128,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "decoder_layers": 2,
+        "num_queries": 12,
+        "hidden_expansion": 0.5,
+    }
+    return hf.RTDetrV2Config(**{**data, **changes})
+
+
 def hf_model(kind: str, seed: int = 0):
     """An HF DETR-family detector (eval mode) with perturbed random weights and BN statistics."""
     import transformers as hf
@@ -56,6 +85,8 @@ def hf_model(kind: str, seed: int = 0):
                 backbone_config=resnet18_config(["stage4"]), id2label=NAMES, hidden_size=64, **small
             )
         )
+    elif kind == "rtdetr_v2":
+        model = hf.RTDetrV2ForObjectDetection(rtdetr_v2_config())
     else:
         model = hf.DeformableDetrForObjectDetection(
             hf.DeformableDetrConfig(

@@ -20,6 +20,7 @@ KINDS = [
     "deformable",
     "deformable_refine",
     "deformable_two_stage",
+    "rtdetr_v2",
 ]
 
 
@@ -48,6 +49,11 @@ def test_an_imported_model_matches_transformers(tmp_path, kind):
         assert (ours.extras["enc_logits"][..., 0] - theirs)[usable].abs().max() <= 1e-4
         chosen = theirs.topk(ours.extras["selected_tokens"].shape[1], dim=1).indices
         assert torch.equal(chosen.sort().values, ours.extras["selected_tokens"].sort().values)
+    if kind == "rtdetr_v2":  # the encoder's selected queries: their scores, boxes, every stage
+        assert (ours.extras["enc_logits"] - expected.enc_topk_logits).abs().max() <= 1e-4
+        assert (ours.extras["enc_boxes"] - expected.enc_topk_bboxes).abs().max() <= 1e-4
+        stages = expected.intermediate_logits.transpose(0, 1)  # [L,B,Q,C]
+        assert (ours.logits - stages).abs().max() <= 1e-4
 
 
 def test_weight_names_of_both_transformers_generations_import_the_same(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from detr_models.config import REFERENCE_OPTIONS, ModelConfig, model_config_from_dict
+from detr_models.pretrained.hf_rtdetr import rtdetr_config_data
 
 HF_ARCHITECTURES = {
     "detr": "detr",
@@ -13,6 +14,7 @@ HF_ARCHITECTURES = {
     "deformable_detr": "deformable_detr",
     "dab-detr": "dab_detr",
     "dab_detr": "dab_detr",
+    "rt_detr_v2": "rtdetr_v2",
 }
 # HF ResNetConfig (layer_type, depths) -> the torchvision ResNet of the same layout
 _RESNETS = {
@@ -42,6 +44,8 @@ def architecture_of(hf: dict[str, Any]) -> str:
 def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     """(our reference-exact model config, class names by label id) of an HF config dict."""
     architecture = architecture_of(hf)
+    if architecture == "rtdetr_v2":
+        return _rtdetr(hf)
     _same("encoder_attention_heads", "decoder_attention_heads", hf)
     _same("encoder_ffn_dim", "decoder_ffn_dim", hf)
     if hf.get("auxiliary_loss"):
@@ -157,3 +161,12 @@ def _dab_options(hf: dict[str, Any]) -> dict[str, Any]:
         "position_temperature": float(hf.get("temperature_height", 20)),
         "ffn_activation": activation,
     }
+
+
+def _rtdetr(hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
+    names = class_names(hf)
+    try:
+        data = rtdetr_config_data(hf)
+        return model_config_from_dict({**data, "num_classes": len(names)}), names
+    except ValueError as err:  # RtDetrUnsupported, or a config that does not validate
+        raise UnsupportedCheckpoint(f"RT-DETRv2: {err}") from None

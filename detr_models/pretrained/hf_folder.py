@@ -98,6 +98,10 @@ def loaded(
     """Our model of `config` with `state` loaded strictly; otherwise an error listing the
     unmapped, missing, unexpected and mis-shaped names."""
     model = build_model(config)
+    counters = {  # BatchNorm's step counters are not weights; files often leave them out
+        k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")
+    }
+    state = {**counters, **state}
     problems = fit_problems(model, state, limit=8)
     if unmapped:
         more = f" (+{len(unmapped) - 8} more)" if len(unmapped) > 8 else ""

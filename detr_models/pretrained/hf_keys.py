@@ -11,6 +11,7 @@ import torch
 
 from detr_models.config import DeformableDetrConfig, ModelConfig
 from detr_models.pretrained.hf_keys_deformable import DEFORMABLE, split_deformable_special
+from detr_models.pretrained.hf_rtdetr import RTDETR_RULES
 
 # the renames transformers applies to older Hub files (its conversion_mapping.py)
 _LEGACY = [
@@ -182,6 +183,7 @@ _IGNORED = re.compile(r"(num_batches_tracked|\.fc\.(weight|bias))$")
 
 RULES["dab_detr"] = _BACKBONE + _TRANSFORMER + _SINGLE_SCALE_ENCODER + _DAB
 RULES["deformable_detr"] = _BACKBONE + _FFN + _NORMS + _DECODER_SELF_ATTN + DEFORMABLE
+RULES["rtdetr_v2"] = RTDETR_RULES
 
 
 def convert_hf_state(

@@ -1,0 +1,161 @@
+"""RT-DETR / RT-DETRv2: backbone -> hybrid encoder -> IoU-aware query selection of the top-k
+encoder tokens -> deformable decoder with box refinement, under the `DetrOutput` contract."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from detr_models.attention import BlockDiagonal
+from detr_models.backbone import downsample_mask
+from detr_models.hybrid_encoder import ConvNorm, HybridEncoder
+from detr_models.layers import MLP, PerStage
+from detr_models.output import DetrOutput, QueryGroup, StageOutputs
+from detr_models.rtdetr_decoder import RtDetrDecoder
+
+
+def grid_anchors(
+    spatial_shapes: list[tuple[int, int]], device, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One anchor per token: its pixel centre and a size of 0.05 * 2^level, in logit space
+    [1,S,4]; anchors near the border (a coordinate outside (0.01, 0.99)) are unusable [1,S,1]
+    and hold the dtype's largest value, as the reference does."""
+    boxes = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=device, dtype=dtype),
+            torch.arange(w, device=device, dtype=dtype),
+            indexing="ij",
+        )
+        centre = torch.stack(((xs + 0.5) / w, (ys + 0.5) / h), -1).reshape(-1, 2)
+        boxes.append(torch.cat((centre, torch.full_like(centre, 0.05 * 2.0**level)), -1))
+    anchors = torch.cat(boxes)[None]  # [1,S,4]
+    usable = ((anchors > 0.01) & (anchors < 0.99)).all(-1, keepdim=True)
+    logit = torch.log(anchors / (1 - anchors))
+    return logit.where(usable, torch.finfo(dtype).max), usable
+
+
+class QuerySelection(nn.Module):
+    """Every token predicts classes and a box refining its anchor; the top-k tokens by best
+    class score give the decoder's content (their features, detached) and anchors (detached)."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.memory_proj = nn.Linear(dim, dim)
+        self.memory_norm = nn.LayerNorm(dim)
+        self.class_head = nn.Linear(dim, num_classes)
+        self.box_head = MLP(dim, dim, 4, 3)
+
+    def forward(self, memory: torch.Tensor, shapes: list[tuple[int, int]], k: int):
+        anchors, usable = grid_anchors(shapes, memory.device, memory.dtype)
+        tokens = self.memory_norm(self.memory_proj(memory * usable.to(memory.dtype)))
+        logits = self.class_head(tokens)  # [B,S,C]
+        unact = self.box_head(tokens) + anchors  # [B,S,4]
+        selected = logits.max(-1).values.topk(min(k, logits.shape[1]), dim=1).indices  # [B,k]
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x.gather(1, selected[..., None].expand(-1, -1, x.shape[-1]))
+
+        boxes = pick(unact).sigmoid()
+        extras = {"enc_logits": pick(logits), "enc_boxes": boxes, "selected_tokens": selected}
+        return pick(tokens).detach(), boxes.detach(), extras
+
+
+class RtDetr(nn.Module):
+    """RT-DETRv2 returning a `DetrOutput` in every mode; queries are anchor boxes (cxcywh)."""
+
+    query_kind = "anchor"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        encoder: HybridEncoder,
+        decoder: RtDetrDecoder,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = encoder
+        self.decoder = decoder
+        self.num_classes = num_classes
+        self.hidden_dim = hidden_dim
+        self.num_queries = num_queries
+        self.decoder_proj = nn.ModuleList(
+            ConvNorm(hidden_dim, hidden_dim, 1, act=False) for _ in encoder.input_proj
+        )
+        self.proposals = QuerySelection(hidden_dim, num_classes)
+        self.class_head = PerStage(
+            nn.Linear(hidden_dim, num_classes) for _ in range(len(decoder.layers))
+        )
+        prior = -torch.log(torch.tensor((1 - 0.01) / 0.01)).item()
+        for head in [*self.class_head, self.proposals.class_head]:
+            nn.init.constant_(head.bias, prior)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        query_groups: list[QueryGroup] | None = None,
+    ) -> DetrOutput:
+        """images [B,3,H,W], pixel_mask [B,H,W] True on padding (reported, not used: padding
+        is image content to RT-DETR, as in the reference)."""
+        b = images.shape[0]
+        if pixel_mask is None:
+            pixel_mask = images.new_zeros(b, *images.shape[-2:], dtype=torch.bool)
+        maps = self.encoder(self.backbone(images))
+        features = [proj(m) for proj, m in zip(self.decoder_proj, maps, strict=True)]
+        masks = [downsample_mask(pixel_mask, f.shape[-2:]) for f in features]
+        shapes = [tuple(f.shape[-2:]) for f in features]
+        memory = torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)  # [B,S,D]
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=images.device)
+        content, anchors, extras = self.proposals(memory, shapes, self.num_queries)
+        sets = [("", content, anchors)] + [(g.name, *self._group(g, b)) for g in query_groups or []]
+        names = [name for name, _, _ in sets]
+        if len(set(names)) != len(names) or "" in names[1:]:
+            raise ValueError(f"query group names must be unique and non-empty, got {names[1:]}")
+        sizes = [c.shape[1] for _, c, _ in sets]
+        content = torch.cat([c for _, c, _ in sets], 1)
+        anchors = torch.cat([a for _, _, a in sets], 1)
+        attn_mask = BlockDiagonal(tuple(sizes)) if len(sets) > 1 else None
+        dec = self.decoder(content, anchors, memory, spatial_shapes, attn_mask)
+        logits = self.class_head(dec.hidden)  # [L,B,Q,C]
+        outputs, start = [], 0
+        for size in sizes:
+            part = slice(start, start + size)
+            outputs.append(
+                StageOutputs(
+                    logits[:, :, part],
+                    dec.boxes[:, :, part],
+                    dec.hidden[:, :, part],
+                    dec.references[:, :, part],
+                    content[:, part],
+                    anchors[:, part],
+                )
+            )
+            start += size
+        return DetrOutput(
+            **vars(outputs[0]),
+            features=features,
+            feature_masks=masks,
+            memory=memory,
+            memory_mask=torch.cat([m.flatten(1) for m in masks], 1),
+            spatial_shapes=spatial_shapes,
+            groups=dict(zip(names[1:], outputs[1:], strict=True)),
+            extras=extras,
+        )
+
+    def _group(self, group: QueryGroup, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        content, position = group.content, group.position
+        if position.shape[-1] != 4 or content.shape[-1] != self.hidden_dim:
+            raise ValueError(
+                f"query group {group.name!r}: RT-DETR takes content [...,{self.hidden_dim}] and "
+                f"anchor boxes (cxcywh) [...,4], got {list(content.shape)} and "
+                f"{list(position.shape)}"
+            )
+        if content.dim() == 2:
+            content = content.unsqueeze(0).expand(b, -1, -1)
+        if position.dim() == 2:
+            position = position.unsqueeze(0).expand(b, -1, -1)
+        return content, position
