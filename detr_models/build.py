@@ -26,8 +26,8 @@ from detr_models.deformable import (
 from detr_models.detector import Detector
 from detr_models.detr_decoder import DetrDecoder
 from detr_models.encoder import TransformerEncoder
-from detr_models.layers import MLP, PerStage, SoftmaxClassHead
 from detr_models.hybrid_encoder import HybridEncoder
+from detr_models.layers import MLP, PerStage, SoftmaxClassHead
 from detr_models.position import PositionEmbeddingSine
 from detr_models.proposals import ReferenceProposals, TwoStageProposals
 from detr_models.resnet_vd import ResNetVd
