@@ -23,6 +23,7 @@ from detr_models.deformable import (
     DeformableEncoder,
     deformable_box_heads,
 )
+from detr_models.denoising_queries import DenoisingQueries
 from detr_models.detector import Detector
 from detr_models.detr_decoder import DetrDecoder
 from detr_models.encoder import TransformerEncoder
@@ -185,7 +186,12 @@ def build_rtdetr(c: RtDetrConfig) -> RtDetr:
     decoder = RtDetrDecoder(
         c.hidden_dim, c.num_heads, c.ffn_dim, c.decoder_layers, c.dropout, levels, c.num_points
     )
-    return RtDetr(backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries)
+    denoising = None
+    if c.num_denoising:
+        denoising = DenoisingQueries(
+            c.num_classes, c.hidden_dim, c.num_denoising, c.label_noise_ratio, c.box_noise_scale
+        )
+    return RtDetr(backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries, denoising)
 
 
 BUILDERS: dict[str, Callable[[Any], nn.Module]] = {

@@ -225,6 +225,11 @@ class RtDetrConfig(ModelConfig):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     expansion: Annotated[float, Field(gt=0, le=8)] = 1.0
     num_points: Annotated[int, Field(gt=0, le=32)] = 4
+    num_denoising: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        100, description="contrastive denoising queries in training (0: none)"
+    )
+    label_noise_ratio: Annotated[float, Field(ge=0, le=1)] = 0.5
+    box_noise_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
 
     @property
     def query_kind(self) -> str:
@@ -339,4 +344,9 @@ class LossConfig(StrictConfig):
     giou: NonNegFloat = 2.0
     stage_weights: list[NonNegFloat] | None = Field(
         None, description="one weight per decoder stage"
+    )
+    classification: Literal["focal", "varifocal"] = Field(
+        "focal",
+        description="focal (sigmoid focal loss, alpha 0.25) or varifocal (IoU-aware, alpha "
+        "0.75: RT-DETR's, with cls 1.0)",
     )

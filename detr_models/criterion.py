@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from detr_models.box_ops import cxcywh_to_xyxy
 from detr_models.config import LossConfig, MatcherConfig
@@ -81,8 +81,14 @@ class SetCriterion(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         stage_weights: Sequence[float] | None = None,
+        classification: str = "focal",
+        varifocal_alpha: float = 0.75,
     ) -> None:
         super().__init__()
+        if classification not in ("focal", "varifocal"):
+            raise ValueError(f"classification must be focal or varifocal, got {classification!r}")
+        self.classification = classification
+        self.varifocal_alpha = varifocal_alpha
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes = num_classes
@@ -161,8 +167,40 @@ class SetCriterion(nn.Module):
         # float32: focal loss and GIoU areas lose too much in half precision.
         logits = logits.float()  # [B, Q, C]
         boxes = boxes.float()  # [B, Q, 4]
+        batch_idx, query_idx = _flat_query_index(indices, boxes.device)
+        if batch_idx.numel() == 0:
+            # Zero, but still a function of the boxes so DDP sees every parameter used; the
+            # nan_to_num keeps a diverged (NaN) prediction from turning this zero into NaN.
+            zero = boxes.nan_to_num().sum() * 0.0
+            l1 = giou = iou = None
+        else:
+            src = boxes[batch_idx, query_idx]  # [N, 4]
+            tgt = torch.cat(
+                [
+                    t["boxes"][j.to(t["boxes"].device)]
+                    for t, (_, j) in zip(targets, indices, strict=True)
+                ]
+            ).to(src)  # [N, 4]
+            src_xyxy, tgt_xyxy = cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt)
+            l1 = F.l1_loss(src, tgt, reduction="sum") / norm
+            giou = generalized_box_iou_loss(src_xyxy, tgt_xyxy, reduction="sum") / norm
+            iou = box_iou(src_xyxy, tgt_xyxy).diagonal().detach().nan_to_num(0.0)  # [N]
         if class_targets is None:
             class_targets = one_hot_targets(logits, targets, indices)  # [B, Q, C]
+            if self.classification == "varifocal":
+                cls = (
+                    varifocal_loss(
+                        logits,
+                        class_targets,
+                        batch_idx,
+                        query_idx,
+                        iou,
+                        self.varifocal_alpha,
+                        self.focal_gamma,
+                    )
+                    / norm
+                )
+                return (cls, l1, giou) if l1 is not None else (cls, zero, zero.clone())
         cls = (
             sigmoid_focal_loss(
                 logits,
@@ -173,26 +211,7 @@ class SetCriterion(nn.Module):
             ).sum()
             / norm
         )
-
-        batch_idx, query_idx = _flat_query_index(indices, boxes.device)
-        if batch_idx.numel() == 0:
-            # Zero, but still a function of the boxes so DDP sees every parameter used; the
-            # nan_to_num keeps a diverged (NaN) prediction from turning this zero into NaN.
-            zero = boxes.nan_to_num().sum() * 0.0
-            return cls, zero, zero.clone()
-        src = boxes[batch_idx, query_idx]  # [N, 4]
-        tgt = torch.cat(
-            [
-                t["boxes"][j.to(t["boxes"].device)]
-                for t, (_, j) in zip(targets, indices, strict=True)
-            ]
-        ).to(src)  # [N, 4]
-        l1 = F.l1_loss(src, tgt, reduction="sum") / norm
-        giou = (
-            generalized_box_iou_loss(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt), reduction="sum")
-            / norm
-        )
-        return cls, l1, giou
+        return (cls, l1, giou) if l1 is not None else (cls, zero, zero.clone())
 
     def weights_for_stages(
         self, num_stages: int, override: Sequence[float] | None = None
@@ -206,6 +225,28 @@ class SetCriterion(nn.Module):
                 f"{num_stages} decoder stages; give exactly {num_stages} weights (one per stage)"
             )
         return weights
+
+
+def varifocal_loss(
+    logits: torch.Tensor,
+    one_hot: torch.Tensor,
+    batch_idx: torch.Tensor,
+    query_idx: torch.Tensor,
+    iou: torch.Tensor | None,
+    alpha: float = 0.75,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """VarifocalNet's IoU-aware classification loss, summed (RT-DETR's `loss_vfl`).
+
+    The target of a matched query's GT class is the IoU of its box with the GT (detached);
+    everything else is 0. BCE on the logits, weighted by that target on positives and by
+    alpha * p^gamma on negatives (p the predicted probability, detached)."""
+    score = torch.zeros_like(logits)
+    if iou is not None and batch_idx.numel():
+        score[batch_idx, query_idx] = one_hot[batch_idx, query_idx] * iou.to(logits)[:, None]
+    prob = logits.sigmoid().detach()
+    weight = alpha * prob.pow(gamma) * (1 - one_hot) + score
+    return F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="sum")
 
 
 def _flat_query_index(
@@ -310,4 +351,5 @@ def build_criterion(num_classes: int, matcher: MatcherConfig, loss: LossConfig) 
         loss.bbox,
         loss.giou,
         stage_weights=loss.stage_weights,
+        classification=loss.classification,
     )

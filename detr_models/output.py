@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -72,6 +73,9 @@ class DetrOutput(StageOutputs):
     groups         name -> StageOutputs of that query group
     extras         architecture-specific intermediates (e.g. two-stage proposals and the
                    selected encoder token indices)
+    denoising      training only: the contrastive denoising queries' outputs (RT-DETR), kept
+                   apart from `groups` so no method distils them
+    denoising_group  their `DenoisingGroup` (fixed assignment to the ground truth), or None
     """
 
     features: list[torch.Tensor] = field(default_factory=list)
@@ -81,3 +85,5 @@ class DetrOutput(StageOutputs):
     spatial_shapes: torch.Tensor | None = None
     groups: dict[str, StageOutputs] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    denoising: StageOutputs | None = None
+    denoising_group: Any = None

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_models.attention import BlockDiagonal
 from detr_models.backbone import downsample_mask
+from detr_models.denoising_queries import DenoisingQueries, self_attention_mask
 from detr_models.hybrid_encoder import ConvNorm, HybridEncoder
 from detr_models.layers import MLP, PerStage
 from detr_models.output import DetrOutput, QueryGroup, StageOutputs
@@ -74,9 +74,11 @@ class RtDetr(nn.Module):
         num_classes: int,
         hidden_dim: int,
         num_queries: int,
+        denoising: DenoisingQueries | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.denoising = denoising
         self.encoder = encoder
         self.decoder = decoder
         self.num_classes = num_classes
@@ -98,9 +100,12 @@ class RtDetr(nn.Module):
         images: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         query_groups: list[QueryGroup] | None = None,
+        targets: list[dict] | None = None,
     ) -> DetrOutput:
         """images [B,3,H,W], pixel_mask [B,H,W] True on padding (reported, not used: padding
-        is image content to RT-DETR, as in the reference)."""
+        is image content to RT-DETR, as in the reference). In training, `targets` (labels,
+        normalised cxcywh boxes) add the contrastive denoising queries when the model has
+        them: their outputs are `out.denoising` (never in `groups`, never distilled)."""
         b = images.shape[0]
         if pixel_mask is None:
             pixel_mask = images.new_zeros(b, *images.shape[-2:], dtype=torch.bool)
@@ -111,17 +116,27 @@ class RtDetr(nn.Module):
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)  # [B,S,D]
         spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=images.device)
         content, anchors, extras = self.proposals(memory, shapes, self.num_queries)
-        sets = [("", content, anchors)] + [(g.name, *self._group(g, b)) for g in query_groups or []]
+        sets = [("", content, anchors)]
+        sets += [(g.name, *self._group(g, b)) for g in query_groups or []]
         names = [name for name, _, _ in sets]
         if len(set(names)) != len(names) or "" in names[1:]:
             raise ValueError(f"query group names must be unique and non-empty, got {names[1:]}")
         sizes = [c.shape[1] for _, c, _ in sets]
+        group = None
+        if self.training and self.denoising is not None and targets is not None:
+            group = self.denoising(targets, self.num_queries)
+            if group is None:  # no box in the batch: nothing to denoise
+                sets[0] = ("", content + self.denoising.unused(), anchors)
+            else:
+                sets.insert(0, ("", group.content, group.anchors))
         content = torch.cat([c for _, c, _ in sets], 1)
         anchors = torch.cat([a for _, _, a in sets], 1)
-        attn_mask = BlockDiagonal(tuple(sizes)) if len(sets) > 1 else None
+        attn_mask = self_attention_mask(group, tuple(sizes), images.device)
         dec = self.decoder(content, anchors, memory, spatial_shapes, attn_mask)
         logits = self.class_head(dec.hidden)  # [L,B,Q,C]
         outputs, start = [], 0
+        if group is not None:
+            sizes.insert(0, group.num_denoising)
         for size in sizes:
             part = slice(start, start + size)
             outputs.append(
@@ -135,6 +150,7 @@ class RtDetr(nn.Module):
                 )
             )
             start += size
+        denoising = outputs.pop(0) if group is not None else None
         return DetrOutput(
             **vars(outputs[0]),
             features=features,
@@ -144,6 +160,8 @@ class RtDetr(nn.Module):
             spatial_shapes=spatial_shapes,
             groups=dict(zip(names[1:], outputs[1:], strict=True)),
             extras=extras,
+            denoising=denoising,
+            denoising_group=group,
         )
 
     def _group(self, group: QueryGroup, b: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,10 +13,22 @@ from distill.objective import Progress
 from distill.schedules import NonNegFloat, Schedule, TermConfig, schedule_factor
 
 
+class EmaConfig(StrictConfig):
+    """The EMA teacher: theta' <- lam theta' + (1 - lam) theta after every optimiser step;
+    with warm-up, lam_t = min(lam, (1 + t) / (10 + t))."""
+
+    decay: Annotated[float, Field(ge=0, le=1)] = 0.9997
+    warmup: bool = True
+
+
 class NoDistillConfig(StrictConfig):
-    """Plain training of the student (baselines, and how teachers are trained)."""
+    """Plain training of the student (baselines, and how teachers are trained); `ema` keeps
+    an EMA of its weights, evaluated beside it and exportable (RT-DETR trains this way)."""
 
     method: Literal["none"] = "none"
+    ema: EmaConfig | None = Field(
+        None, description="an EMA of the weights, evaluated as val_ema/* (e.g. decay: 0.9999)"
+    )
 
     @property
     def needs_teacher(self) -> bool:
@@ -61,14 +73,6 @@ class DETRDistillConfig(StrictConfig):
     @property
     def needs_teacher(self) -> bool:
         return True
-
-
-class EmaConfig(StrictConfig):
-    """The EMA teacher: theta' <- lam theta' + (1 - lam) theta after every optimiser step;
-    with warm-up, lam_t = min(lam, (1 + t) / (10 + t))."""
-
-    decay: Annotated[float, Field(ge=0, le=1)] = 0.9997
-    warmup: bool = True
 
 
 class MatchingConfig(StrictConfig):

@@ -13,6 +13,7 @@ from detr_models.criterion import SetCriterion
 from distill.combined import CombinedDistill
 from distill.config import CombinedConfig, DETRDistillConfig, NoDistillConfig, ODDETRConfig
 from distill.detrdistill import DETRDistill
+from distill.ema import EmaTeacher
 from distill.objective import DetectionObjective, TrainingObjective
 from distill.od_detr import ODDETR
 
@@ -36,7 +37,11 @@ class Teacher:
 def _none(
     config: NoDistillConfig, criterion: SetCriterion, student: Student, teacher
 ) -> TrainingObjective:
-    return DetectionObjective(criterion)
+    ema = config.ema
+    if ema is None:
+        return DetectionObjective(criterion)
+    averaged = EmaTeacher(student.model, ema.decay, ema.warmup)
+    return DetectionObjective(criterion, averaged, student.model)
 
 
 def _detrdistill(

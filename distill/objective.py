@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from detr_models.batch import Batch
-from detr_models.criterion import SetCriterion, encoder_proposal_losses
+from detr_models.build import unwrap
+from detr_models.criterion import SetCriterion, encoder_proposal_losses, num_boxes
+from detr_models.denoising import denoising_losses
 from detr_models.output import DetrOutput, QueryGroup
 
 Losses = dict[str, torch.Tensor]
@@ -85,8 +87,17 @@ class TrainingObjective(nn.Module):
         self, model: nn.Module, batch: Batch, progress: Progress
     ) -> tuple[Losses, Diagnostics]:
         state, groups = self.prepare(batch, progress)
-        s_out = model(batch.images, batch.pixel_mask, groups or None)
+        denoises = getattr(unwrap(model), "denoising", None) is not None
+        extra = {"targets": batch.targets} if denoises else {}
+        s_out = model(batch.images, batch.pixel_mask, groups or None, **extra)
         losses, diagnostics = self.main_losses(s_out, state, batch)
+        if denoises:  # the normaliser is a collective: every worker computes it
+            norm = num_boxes(batch.targets, batch.images.device)
+            if s_out.denoising is not None:
+                group = s_out.denoising_group
+                losses.update(
+                    denoising_losses(self.criterion, s_out.denoising, group, batch.targets, norm)
+                )
         terms, more = self.distill_losses(s_out, state, batch)
         losses.update(terms)
         diagnostics.update(more)
@@ -95,4 +106,26 @@ class TrainingObjective(nn.Module):
 
 class DetectionObjective(TrainingObjective):
     """Plain set-prediction training against ground truth (`distill: none`). Two-stage models
-    also train their encoder proposals (`enc_` losses), as Deformable DETR does."""
+    also train their encoder proposals (`enc_` losses), as Deformable DETR does. With an
+    `EmaTeacher` (distill.ema) the EMA of the weights is kept, evaluated and exportable: the
+    same object OD-DETR uses as its teacher, here only averaged, never distilled from."""
+
+    def __init__(
+        self,
+        criterion: SetCriterion,
+        ema: nn.Module | None = None,
+        student: nn.Module | None = None,
+    ) -> None:
+        super().__init__(criterion)
+        if (ema is None) != (student is None):
+            raise ValueError("an EMA needs the student it averages, and only then")
+        self.ema = ema
+        self.student = [student]  # a list keeps it out of this module's state dict
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        return None if self.ema is None else self.ema.model
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.student[0])

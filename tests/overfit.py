@@ -8,9 +8,10 @@ import torch
 
 from detr_models.build import build_model
 from detr_models.config import tiny_config
-from detr_models.criterion import SetCriterion, encoder_proposal_losses, total
+from detr_models.criterion import SetCriterion, total
 from detr_models.matcher import HungarianMatcher
 from detr_models.postprocess import PostProcess
+from distill.objective import DetectionObjective, Progress
 from orchestrator.data.dataset import CocoDetection
 from orchestrator.data.loader import collate_detection
 from orchestrator.data.synth import ensure_shapes, split_paths
@@ -26,21 +27,28 @@ def shapes_batch(cache: Path, count: int, size: int = 128):
 
 
 def overfit(
-    arch: str, cache: Path, count: int = 4, steps: int = 300, lr: float = 1e-3, **overrides
+    arch: str,
+    cache: Path,
+    count: int = 4,
+    steps: int = 300,
+    lr: float = 1e-3,
+    criterion_options: dict | None = None,
+    **overrides,
 ):
-    """Train a tiny model on `count` images for `steps` full-batch steps; return (AP50, losses)."""
+    """Train a tiny model on `count` images for `steps` full-batch steps with the product's
+    plain detection objective (encoder proposals and denoising included where the model has
+    them); return (AP50, losses)."""
     torch.manual_seed(0)
     dataset, batch = shapes_batch(cache, count)
     model = build_model(tiny_config(arch, num_classes=dataset.num_classes, **overrides))
-    criterion = SetCriterion(dataset.num_classes, HungarianMatcher())
+    criterion = SetCriterion(dataset.num_classes, HungarianMatcher(), **(criterion_options or {}))
+    objective = DetectionObjective(criterion)
+    progress = Progress(0, 0, steps, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     history = []
     model.train()
     for _ in range(steps):
-        out = model(batch.images, batch.pixel_mask)
-        losses, _ = criterion(out, batch.targets)
-        # two-stage models train their encoder proposals too, as the product's training does
-        losses.update(encoder_proposal_losses(criterion, out, batch.targets))
+        losses, _ = objective(model, batch, progress)
         loss = total(losses)
         optimizer.zero_grad()
         loss.backward()

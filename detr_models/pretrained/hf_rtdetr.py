@@ -64,6 +64,9 @@ def rtdetr_config_data(hf: dict[str, Any]) -> dict[str, Any]:
         "expansion": hf.get("hidden_expansion", 1.0),
         "num_points": hf.get("decoder_n_points", 4),
         "position_temperature": float(hf.get("positional_encoding_temperature", 10000)),
+        "num_denoising": hf.get("num_denoising", 100),
+        "label_noise_ratio": hf.get("label_noise_ratio", 0.5),
+        "box_noise_scale": hf.get("box_noise_scale", 1.0),
     }
 
 
@@ -124,5 +127,5 @@ RTDETR_RULES: list[tuple[str, Any]] = [
     (r"^model\.decoder\.class_embed\.(\d+)\.", r"class_head.\1."),
     (r"^model\.decoder\.bbox_embed\.(\d+)\.", r"decoder.box_head.\1."),
     (r"^(class|bbox)_embed\.", None),
-    (r"^model\.denoising_class_embed\.", None),  # training-only denoising labels
+    (r"^model\.denoising_class_embed\.", "denoising.label_embedding."),
 ]

@@ -43,15 +43,15 @@ def cross_section_problems(spec: ExperimentSpec) -> Problems:
 
 
 def _ema_problems(spec: ExperimentSpec) -> Problems:
-    if od_detr_part(spec.distill) is not None:
+    if od_detr_part(spec.distill) is not None or getattr(spec.distill, "ema", None):
         return []
     problems = []
     if spec.checkpoint.export == "ema":
         problems.append(
             (
                 "checkpoint.export",
-                "is 'ema' but this run has no EMA model; use distill.method od_detr (or "
-                "detrdistill+od_detr), or export 'student'",
+                "is 'ema' but this run has no EMA model; set distill.ema (method none), use "
+                "distill.method od_detr (or detrdistill+od_detr), or export 'student'",
             )
         )
     if spec.checkpoint.score_metric.startswith("val_ema/"):
