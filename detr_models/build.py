@@ -140,6 +140,7 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
         anchor_queries=anchors,
         box_refine=c.box_refine,
         static_position=reference_two_stage,
+        look_forward_twice=c.look_forward_twice,
     )
     if c.box_refine:
         class_head = PerStage(
@@ -149,8 +150,11 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
         class_head = nn.Linear(c.hidden_dim, c.num_classes)
     proposals = None
     if c.two_stage:
-        kind = ReferenceProposals if reference_two_stage else TwoStageProposals
-        proposals = kind(c.hidden_dim, c.num_classes)
+        if reference_two_stage:
+            proposals = ReferenceProposals(c.hidden_dim, c.num_classes)
+        else:
+            mixed = c.num_queries if c.two_stage_queries == "mixed" else 0
+            proposals = TwoStageProposals(c.hidden_dim, c.num_classes, mixed)
     return _detector(
         c,
         backbone,
@@ -161,6 +165,7 @@ def build_deformable_detr(c: DeformableDetrConfig) -> Detector:
         class_head=class_head,
         proposals=proposals,
         mask_extra_levels=c.mask_extra_levels,
+        denoising=_denoising(c),
     )
 
 
@@ -186,12 +191,17 @@ def build_rtdetr(c: RtDetrConfig) -> RtDetr:
     decoder = RtDetrDecoder(
         c.hidden_dim, c.num_heads, c.ffn_dim, c.decoder_layers, c.dropout, levels, c.num_points
     )
-    denoising = None
-    if c.num_denoising:
-        denoising = DenoisingQueries(
-            c.num_classes, c.hidden_dim, c.num_denoising, c.label_noise_ratio, c.box_noise_scale
-        )
+    denoising = _denoising(c)
     return RtDetr(backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries, denoising)
+
+
+def _denoising(c: DeformableDetrConfig | RtDetrConfig) -> DenoisingQueries | None:
+    """The contrastive denoising group of a config that asks for one."""
+    if not c.num_denoising:
+        return None
+    return DenoisingQueries(
+        c.num_classes, c.hidden_dim, c.num_denoising, c.label_noise_ratio, c.box_noise_scale
+    )
 
 
 BUILDERS: dict[str, Callable[[Any], nn.Module]] = {

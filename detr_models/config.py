@@ -160,16 +160,40 @@ class DeformableDetrConfig(ModelConfig):
     num_points: Annotated[int, Field(gt=0, le=32)] = 4
     box_refine: bool = False
     two_stage: bool = False
-    two_stage_queries: Literal["anchor", "reference"] = Field(
+    two_stage_queries: Literal["anchor", "reference", "mixed"] = Field(
         "anchor",
         description="two-stage queries: 'anchor' (top-k by best class, DAB-style positional "
-        "query per layer) or 'reference' (the official pos_trans split, class-agnostic "
-        "ranking, static positional query)",
+        "query per layer), 'reference' (the official pos_trans split, class-agnostic "
+        "ranking, static positional query) or 'mixed' (DINO: learned content queries on the "
+        "selected anchors)",
     )
     anchor_queries: bool = False
     mask_extra_levels: bool = Field(
         True, description="zero padded pixels before the extra levels' convs; references: no"
     )
+    look_forward_twice: bool = Field(
+        False, description="DINO's box refinement gradient (needs box_refine)"
+    )
+    num_denoising: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        0, description="contrastive denoising queries in training (DINO: 100; anchor queries)"
+    )
+    label_noise_ratio: Annotated[float, Field(ge=0, le=1)] = 0.5
+    box_noise_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
+
+    @model_validator(mode="after")
+    def _check_dino(self) -> DeformableDetrConfig:
+        if self.num_denoising and self.query_kind != "anchor":
+            raise ValueError(
+                "num_denoising: contrastive denoising needs anchor-box queries; set "
+                "two_stage: true or anchor_queries: true"
+            )
+        if self.look_forward_twice and not self.box_refine:
+            raise ValueError("look_forward_twice refines boxes stage by stage: set box_refine")
+        if self.two_stage_queries == "mixed" and self.two_stage and self.anchor_queries:
+            raise ValueError(
+                "two_stage_queries 'mixed' brings its own content queries: set anchor_queries false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_levels(self) -> DeformableDetrConfig:

@@ -119,7 +119,8 @@ class DeformableDecoder(nn.Module):
     linear head) or, with `anchor_queries`, anchor boxes [B,Q,4] (positional query from their
     sine embedding, DAB-style; with `static_position` the positional query is given to
     `forward` as `query_pos` and is the same at every layer, as in the reference two-stage).
-    `box_refine` updates the references stage by stage.
+    `box_refine` updates the references stage by stage; `look_forward_twice` (DINO) computes
+    each refined stage's box in training from the previous stage's box before it is detached.
 
     references [L,B,Q,4]: what entered each stage; a 2-D reference point has w = h = 0.
     """
@@ -137,8 +138,10 @@ class DeformableDecoder(nn.Module):
         anchor_queries=False,
         box_refine=False,
         static_position=False,
+        look_forward_twice=False,
     ) -> None:
         super().__init__()
+        self.look_forward_twice = look_forward_twice
         self.layers = nn.ModuleList(
             DeformableDecoderLayer(dim, heads, ffn_dim, dropout, levels, points)
             for _ in range(num_layers)
@@ -179,6 +182,7 @@ class DeformableDecoder(nn.Module):
         ratios = level_valid_ratios(memory_mask, spatial_shapes).to(memory.dtype)  # [B,L,2]
         ref = position if self.anchor_queries else self.reference_head(position).sigmoid()
         out = content
+        live = ref  # the previous stage's box before detaching (look forward twice)
         hidden, boxes, references = [], [], []
         for i, layer in enumerate(self.layers):
             scale = torch.cat((ratios, ratios), -1) if ref.shape[-1] == 4 else ratios
@@ -202,7 +206,12 @@ class DeformableDecoder(nn.Module):
                     (delta[..., :2] + inverse_sigmoid(ref), delta[..., 2:]), -1
                 ).sigmoid()
             hidden.append(out)
-            boxes.append(new)
+            if self.look_forward_twice and self.training and i > 0:
+                # DINO: the same box, its gradient also reaching the previous stage's box head
+                boxes.append((delta + inverse_sigmoid(live)).sigmoid())
+            else:
+                boxes.append(new)
+            live = new
             references.append(
                 ref if ref.shape[-1] == 4 else torch.cat((ref, torch.zeros_like(ref)), -1)
             )

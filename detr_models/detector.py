@@ -9,12 +9,13 @@ import math
 import torch
 from torch import nn
 
-from detr_models.attention import BlockDiagonal
 from detr_models.backbone import downsample_mask
 from detr_models.box_ops import inverse_sigmoid
+from detr_models.denoising_queries import DenoisingQueries
 from detr_models.layers import MaskedGroupNorm
-from detr_models.output import DetrOutput, QueryGroup, StageOutputs
+from detr_models.output import DetrOutput, QueryGroup
 from detr_models.position import PositionEmbeddingSine
+from detr_models.query_sets import gather_queries
 
 
 class Detector(nn.Module):
@@ -40,8 +41,12 @@ class Detector(nn.Module):
         position: PositionEmbeddingSine | None = None,
         input_norm: str = "masked_group",
         mask_extra_levels: bool = True,
+        denoising: DenoisingQueries | None = None,
     ) -> None:
         super().__init__()
+        if denoising is not None and query_kind != "anchor":
+            raise ValueError("contrastive denoising needs anchor-box queries")
+        self.denoising = denoising
         self.backbone = backbone
         self.encoder = encoder
         self.decoder = decoder
@@ -186,8 +191,11 @@ class Detector(nn.Module):
         images: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         query_groups: list[QueryGroup] | None = None,
+        targets: list[dict] | None = None,
     ) -> DetrOutput:
-        """images [B,3,H,W], pixel_mask [B,H,W] True on padding -> DetrOutput (same in train/eval)."""
+        """images [B,3,H,W], pixel_mask [B,H,W] True on padding -> DetrOutput (same in train/eval).
+        In training, `targets` add the contrastive denoising queries when the model has them
+        (anchor-query models): their outputs are `out.denoising`, never in `groups`."""
         batch_size = images.shape[0]
         if pixel_mask is None:
             pixel_mask = torch.zeros(
@@ -199,36 +207,18 @@ class Detector(nn.Module):
             content, position, extras = self.proposals(
                 enc["memory"], enc["memory_mask"], enc["spatial_shapes"], self.num_queries
             )
-            sets = [("", content, position)]
         else:
-            sets = [("", *self.main_queries(batch_size))]
-        sets += [(g.name, *self._group_queries(g, batch_size)) for g in query_groups or []]
-        names = [name for name, _, _ in sets]
-        if len(set(names)) != len(names) or "" in names[1:]:
-            raise ValueError(f"query group names must be unique and non-empty, got {names[1:]}")
-        sizes = [content.shape[1] for _, content, _ in sets]
-        content = torch.cat([c for _, c, _ in sets], 1)  # [B,Qtot,D]
-        position = torch.cat([p for _, _, p in sets], 1)  # [B,Qtot,P]
-        attn_mask = BlockDiagonal(tuple(sizes)) if len(sets) > 1 else None
-        dec = self.decode(content, position, enc, attn_mask)
-        logits = self.class_head(dec.hidden)  # [L,B,Qtot,C]
-        outputs = []
-        start = 0
-        for size in sizes:
-            part = slice(start, start + size)
-            refs = dec.references[:, :, part] if dec.references is not None else None
-            outputs.append(
-                StageOutputs(
-                    logits[:, :, part],
-                    dec.boxes[:, :, part],
-                    dec.hidden[:, :, part],
-                    refs,
-                    content[:, part],
-                    position[:, part],
-                )
-            )
-            start += size
-        main = outputs[0]
+            content, position = self.main_queries(batch_size)
+        training_dn = self.training and targets is not None
+        sets = gather_queries(
+            (content, position),
+            [(g.name, *self._group_queries(g, batch_size)) for g in query_groups or []],
+            self.denoising if training_dn else None,
+            targets,
+        )
+        dec = self.decode(sets.content, sets.position, enc, sets.attn_mask)
+        logits = self.class_head(dec.hidden)  # [L,B,T,C]
+        main, groups, denoising = sets.split(logits, dec.boxes, dec.hidden, dec.references)
         return DetrOutput(
             **vars(main),
             features=enc["features"],
@@ -236,8 +226,10 @@ class Detector(nn.Module):
             memory=enc["memory"],
             memory_mask=enc["memory_mask"],
             spatial_shapes=enc["spatial_shapes"],
-            groups=dict(zip(names[1:], outputs[1:], strict=True)),
+            groups=groups,
             extras=extras,
+            denoising=denoising,
+            denoising_group=sets.denoising,
         )
 
 

@@ -50,18 +50,23 @@ def _zero_last(mlp: MLP) -> MLP:
 class TwoStageProposals(nn.Module):
     """Queries from the encoder: every token predicts a class and a box refining its anchor;
     the top-k tokens by class score become the decoder's anchors (detached), with content from
-    their boxes' sine embedding. The selected token indices identify the queries."""
+    their boxes' sine embedding, or with `mixed_queries` learned content queries (DINO's mixed
+    query selection). The selected token indices identify the queries."""
 
     static_position = False
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int, mixed_queries: int = 0) -> None:
         super().__init__()
         self.memory_proj = nn.Linear(dim, dim)
         self.memory_norm = nn.LayerNorm(dim)
         self.class_head = nn.Linear(dim, num_classes)
         self.box_head = _zero_last(MLP(dim, dim, 4, 3))
-        self.content_proj = nn.Linear(2 * dim, dim)
-        self.content_norm = nn.LayerNorm(dim)
+        if mixed_queries:  # DINO's mixed query selection: learned content, selected anchors
+            self.content = nn.Embedding(mixed_queries, dim)
+        else:
+            self.content_proj = nn.Linear(2 * dim, dim)
+            self.content_norm = nn.LayerNorm(dim)
+        self.mixed = bool(mixed_queries)
         self.dim = dim
 
     def forward(self, memory, memory_mask, spatial_shapes, num_queries):
@@ -74,7 +79,10 @@ class TwoStageProposals(nn.Module):
         k = min(num_queries, scores.shape[1])
         selected = scores.topk(k, dim=1).indices  # [B,k]
         anchor = torch.gather(boxes, 1, selected[..., None].expand(-1, -1, 4)).detach()  # [B,k,4]
-        content = self.content_norm(self.content_proj(sine_encode(anchor, self.dim // 2)))
+        if self.mixed:
+            content = self.content.weight[:k].unsqueeze(0).expand(anchor.shape[0], -1, -1)
+        else:
+            content = self.content_norm(self.content_proj(sine_encode(anchor, self.dim // 2)))
         extras = {
             # unusable tokens (padding, border anchors) must never be matched to a box in the
             # encoder loss: a very low score keeps the matcher away and their focal loss at zero

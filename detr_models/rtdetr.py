@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from detr_models.backbone import downsample_mask
-from detr_models.denoising_queries import DenoisingQueries, self_attention_mask
+from detr_models.denoising_queries import DenoisingQueries
 from detr_models.hybrid_encoder import ConvNorm, HybridEncoder
 from detr_models.layers import MLP, PerStage
-from detr_models.output import DetrOutput, QueryGroup, StageOutputs
+from detr_models.output import DetrOutput, QueryGroup
+from detr_models.query_sets import gather_queries
 from detr_models.rtdetr_decoder import RtDetrDecoder
 
 
@@ -116,52 +117,27 @@ class RtDetr(nn.Module):
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)  # [B,S,D]
         spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=images.device)
         content, anchors, extras = self.proposals(memory, shapes, self.num_queries)
-        sets = [("", content, anchors)]
-        sets += [(g.name, *self._group(g, b)) for g in query_groups or []]
-        names = [name for name, _, _ in sets]
-        if len(set(names)) != len(names) or "" in names[1:]:
-            raise ValueError(f"query group names must be unique and non-empty, got {names[1:]}")
-        sizes = [c.shape[1] for _, c, _ in sets]
-        group = None
-        if self.training and self.denoising is not None and targets is not None:
-            group = self.denoising(targets, self.num_queries)
-            if group is None:  # no box in the batch: nothing to denoise
-                sets[0] = ("", content + self.denoising.unused(), anchors)
-            else:
-                sets.insert(0, ("", group.content, group.anchors))
-        content = torch.cat([c for _, c, _ in sets], 1)
-        anchors = torch.cat([a for _, _, a in sets], 1)
-        attn_mask = self_attention_mask(group, tuple(sizes), images.device)
-        dec = self.decoder(content, anchors, memory, spatial_shapes, attn_mask)
-        logits = self.class_head(dec.hidden)  # [L,B,Q,C]
-        outputs, start = [], 0
-        if group is not None:
-            sizes.insert(0, group.num_denoising)
-        for size in sizes:
-            part = slice(start, start + size)
-            outputs.append(
-                StageOutputs(
-                    logits[:, :, part],
-                    dec.boxes[:, :, part],
-                    dec.hidden[:, :, part],
-                    dec.references[:, :, part],
-                    content[:, part],
-                    anchors[:, part],
-                )
-            )
-            start += size
-        denoising = outputs.pop(0) if group is not None else None
+        training_dn = self.training and targets is not None
+        sets = gather_queries(
+            (content, anchors),
+            [(g.name, *self._group(g, b)) for g in query_groups or []],
+            self.denoising if training_dn else None,
+            targets,
+        )
+        dec = self.decoder(sets.content, sets.position, memory, spatial_shapes, sets.attn_mask)
+        logits = self.class_head(dec.hidden)  # [L,B,T,C]
+        main, groups, denoising = sets.split(logits, dec.boxes, dec.hidden, dec.references)
         return DetrOutput(
-            **vars(outputs[0]),
+            **vars(main),
             features=features,
             feature_masks=masks,
             memory=memory,
             memory_mask=torch.cat([m.flatten(1) for m in masks], 1),
             spatial_shapes=spatial_shapes,
-            groups=dict(zip(names[1:], outputs[1:], strict=True)),
+            groups=groups,
             extras=extras,
             denoising=denoising,
-            denoising_group=group,
+            denoising_group=sets.denoising,
         )
 
     def _group(self, group: QueryGroup, b: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,8 @@ import torch
 
 from detr_models.build import build_model
 from detr_models.config import tiny_config
-from detr_models.criterion import SetCriterion, total
+from detr_models.criterion import SetCriterion
 from detr_models.matcher import HungarianMatcher
-from detr_models.output import QueryGroup
-from distill.objective import DetectionObjective, Progress
 from tests.overfit import overfit
 
 TARGETS = [
@@ -58,61 +56,6 @@ def test_output_contract(train):
     # each stage starts from the box the previous one predicted
     assert torch.allclose(out.references[1], out.boxes[0].detach())
     assert out.denoising is None  # no targets given
-
-
-def test_denoising_runs_in_training_only_and_leaves_the_matching_queries_alone():
-    model, _ = _model()
-    images, mask = _images()
-    model.eval()
-    with torch.no_grad():
-        plain = model(images, mask)
-        given = model(images, mask, targets=TARGETS)
-    assert given.denoising is None and torch.equal(given.logits, plain.logits)
-    model.train()  # dropout 0: training differs only by the batch statistics, the same here
-    torch.manual_seed(1)
-    without = model(images, mask)
-    with_dn = model(images, mask, targets=TARGETS)
-    group = with_dn.denoising_group
-    assert with_dn.denoising.logits.shape[2] == group.num_denoising == 2 * 20  # pos + neg
-    assert torch.allclose(with_dn.logits, without.logits, atol=1e-6)
-    assert torch.allclose(with_dn.boxes, without.boxes, atol=1e-6)
-    # nothing flows from the denoising queries into the matching queries' outputs
-    model.zero_grad()
-    (with_dn.logits.sum() + with_dn.boxes.sum()).backward()
-    assert model.denoising.label_embedding.weight.grad.abs().max() == 0
-    # while their own outputs do depend on their labels
-    model.zero_grad()
-    with_dn = model(images, mask, targets=TARGETS)
-    with_dn.denoising.logits.sum().backward()
-    assert model.denoising.label_embedding.weight.grad.abs().max() > 0
-
-
-def test_denoising_and_distillation_groups_share_a_pass_without_seeing_each_other():
-    model, config = _model()
-    images, mask = _images()
-    model.train()
-    anchors = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.3]])
-    group = QueryGroup("extra", torch.randn(2, config.hidden_dim), anchors)
-    alone = model(images, mask, [group])
-    both = model(images, mask, [group], targets=TARGETS)
-    assert torch.allclose(both.logits, alone.logits, atol=1e-6)
-    assert torch.allclose(both.groups["extra"].logits, alone.groups["extra"].logits, atol=1e-6)
-    assert both.denoising is not None and "extra" in both.groups
-
-
-def test_the_detection_objective_trains_denoising_and_encoder_queries():
-    model, _ = _model()
-    images, mask = _images()
-    criterion = SetCriterion(3, HungarianMatcher(), classification="varifocal", weight_cls=1.0)
-    from detr_models.batch import Batch
-
-    losses, _ = DetectionObjective(criterion)(
-        model.train(), Batch(images, mask, TARGETS), Progress(0, 0, 1, 1)
-    )
-    assert {"dn_loss_cls_s0", "dn_loss_bbox_s1", "enc_loss_giou_s0", "loss_cls_s1"} <= set(losses)
-    total(losses).backward()
-    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert unused == []
 
 
 def test_varifocal_loss_matches_a_hand_computation():

@@ -1,5 +1,6 @@
 """COCO's category names by category id (1..90; the ids COCO leaves unused are "N/A"): the
-class slots of the official DETR and Deformable DETR checkpoints (num_classes 91)."""
+class slots of the official DETR and Deformable DETR checkpoints (num_classes 91); and the 80
+categories as contiguous labels in id order, the classes of the official RT-DETR releases."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ def coco_slot_names(count: int) -> list[str]:
     if count == 91:
         return [_NAMES.get(i, "N/A") for i in range(count)]
     return [f"class_{i}" for i in range(count)]
+
+
+COCO_CATEGORY_IDS = sorted(_NAMES)  # label k of an 80-class COCO model is category id [k]
+
+
+def coco_label_names() -> list[str]:
+    """The 80 COCO category names in category-id order (label k -> `COCO_CATEGORY_IDS[k]`)."""
+    return [_NAMES[i] for i in COCO_CATEGORY_IDS]
+
+
+def label_categories(class_names: list[str]) -> list[int]:
+    """The category id of each label: COCO's ids for the 80 COCO classes in order, else the
+    label itself (91-slot models, whose slots are the ids, and anything else)."""
+    if class_names == coco_label_names():
+        return list(COCO_CATEGORY_IDS)
+    return list(range(len(class_names)))

@@ -52,11 +52,20 @@ def add_import_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument(
         "--format",
-        choices=("auto", "hf", "detr", "deformable-detr", "conditional-detr", "dab-detr"),
+        choices=(
+            "auto",
+            "hf",
+            "detr",
+            "deformable-detr",
+            "conditional-detr",
+            "dab-detr",
+            "rtdetr-v2",
+        ),
         default="auto",
         help="auto: a folder or hf:... is a Hugging Face model, a file an official .pth "
         "(detr: facebookresearch/detr, deformable-detr: fundamentalvision/Deformable-DETR, "
-        "conditional-detr: Atten4Vis/ConditionalDETR, dab-detr: IDEA-Research/DAB-DETR); "
+        "conditional-detr: Atten4Vis/ConditionalDETR, dab-detr: IDEA-Research/DAB-DETR, "
+        "rtdetr-v2: lyuwenyu/RT-DETR's rtdetrv2_pytorch, EMA weights when the file has them); "
         "a named format is checked against the file",
     )
     parser.add_argument("--register", metavar="NAME", help="also register in MLflow as NAME")

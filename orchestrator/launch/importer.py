@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from detr_models.config import REFERENCE_OPTIONS
+from detr_models.pretrained.coco_names import label_categories
 from detr_models.pretrained.hf_folder import Imported, ImportError_, import_hf
 from detr_models.pretrained.official import import_official
 from orchestrator.errors import UserInputError
@@ -34,6 +35,7 @@ OFFICIAL_FORMATS = {
     "deformable-detr": "deformable_detr",
     "conditional-detr": "conditional_detr",
     "dab-detr": "dab_detr",
+    "rtdetr-v2": "rtdetr_v2",
 }
 
 
@@ -48,7 +50,8 @@ def import_checkpoint(
 ) -> ImportResult:
     """Import `source` into the model file `out` (written only when everything mapped).
     `fmt`: auto (a file is an official `.pth`, a folder or hf:... a Hugging Face model), hf,
-    or an official repo's format (detr, deformable-detr, conditional-detr, dab-detr)."""
+    or an official repo's format (detr, deformable-detr, conditional-detr, dab-detr,
+    rtdetr-v2)."""
     if out.exists() and out.is_dir():
         raise UserInputError(f"--out {out} is a folder; give a file name such as {out}/model.pt")
     official = fmt in OFFICIAL_FORMATS or (fmt == "auto" and Path(source).is_file())
@@ -68,7 +71,7 @@ def import_checkpoint(
         )
     extra = {
         "class_names": imported.class_names,
-        "label_to_category": list(range(len(imported.class_names))),
+        "label_to_category": label_categories(imported.class_names),
         "eval_size": size,
         "max_size": max_size,
         "source": source,
@@ -80,7 +83,9 @@ def import_checkpoint(
         f"imported {source}: {config.architecture}, backbone {config.backbone}, "
         f"{config.num_classes} classes, {imported.mapped} tensors mapped, "
         f"{sum(p.numel() for p in imported.model.parameters()) / 1e6:.1f} M parameters\n"
-        f"  reference options: {options}\n  wrote {out}"
+        f"  reference options: {options}\n"
+        + "".join(f"  note: {note}\n" for note in imported.notes)
+        + f"  wrote {out}"
     )
     version = None
     if register_as:
