@@ -17,7 +17,7 @@ import torch
 
 from bench.common import write_results
 from detr_models.pretrained.hf_folder import import_hf
-from tests.hf_reference import SMALL, hf_model, padded_batch, save_folder
+from tests.hf_reference import SMALL, as_pipeline_pixels, hf_model, padded_batch, save_folder
 
 KINDS = {
     "detr": "DETR (softmax head)",
@@ -37,7 +37,7 @@ def measure(kind: str) -> tuple[float, float]:
     pixels, mask = padded_batch()
     with torch.no_grad():
         expected = reference(pixel_values=pixels, pixel_mask=mask)
-        ours = model(pixels, mask == 0)
+        ours = model(as_pipeline_pixels(kind, pixels), mask == 0)
     probs = expected.logits.softmax(-1)[..., :-1] if kind == "detr" else expected.logits.sigmoid()
     return (
         (ours.logits[-1].sigmoid() - probs).abs().max().item(),

@@ -14,6 +14,8 @@ from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.ops import FrozenBatchNorm2d
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation of torchvision's ResNet weights
+IMAGENET_STD = (0.229, 0.224, 0.225)
 LEVELS = ("C2", "C3", "C4", "C5")
 STRIDES = {"C2": 4, "C3": 8, "C4": 16, "C5": 32}
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}

@@ -192,7 +192,16 @@ def build_rtdetr(c: RtDetrConfig) -> RtDetr:
         c.hidden_dim, c.num_heads, c.ffn_dim, c.decoder_layers, c.dropout, levels, c.num_points
     )
     denoising = _denoising(c)
-    return RtDetr(backbone, encoder, decoder, c.num_classes, c.hidden_dim, c.num_queries, denoising)
+    return RtDetr(
+        backbone,
+        encoder,
+        decoder,
+        c.num_classes,
+        c.hidden_dim,
+        c.num_queries,
+        denoising,
+        unit_pixels=c.pixels == "unit",
+    )
 
 
 def _denoising(c: DeformableDetrConfig | RtDetrConfig) -> DenoisingQueries | None:

@@ -252,6 +252,11 @@ class RtDetrConfig(ModelConfig):
     num_denoising: Annotated[int, Field(ge=0, le=10_000)] = Field(
         100, description="contrastive denoising queries in training (0: none)"
     )
+    pixels: Literal["unit", "imagenet"] = Field(
+        "unit",
+        description="what the network sees: 'unit' turns the pipeline's ImageNet-normalised "
+        "images back to [0, 1] first (the reference RT-DETR's input), 'imagenet' keeps them",
+    )
     label_noise_ratio: Annotated[float, Field(ge=0, le=1)] = 0.5
     box_noise_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_models.backbone import downsample_mask
+from detr_models.backbone import IMAGENET_MEAN, IMAGENET_STD, downsample_mask
 from detr_models.denoising_queries import DenoisingQueries
 from detr_models.hybrid_encoder import ConvNorm, HybridEncoder
 from detr_models.layers import MLP, PerStage
@@ -76,9 +76,14 @@ class RtDetr(nn.Module):
         hidden_dim: int,
         num_queries: int,
         denoising: DenoisingQueries | None = None,
+        unit_pixels: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        # the data pipeline normalises with ImageNet statistics; RT-DETR reads [0, 1] pixels
+        self.unit_pixels = unit_pixels
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN)[:, None, None], False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD)[:, None, None], False)
         self.denoising = denoising
         self.encoder = encoder
         self.decoder = decoder
@@ -103,13 +108,16 @@ class RtDetr(nn.Module):
         query_groups: list[QueryGroup] | None = None,
         targets: list[dict] | None = None,
     ) -> DetrOutput:
-        """images [B,3,H,W], pixel_mask [B,H,W] True on padding (reported, not used: padding
-        is image content to RT-DETR, as in the reference). In training, `targets` (labels,
+        """images [B,3,H,W] ImageNet-normalised (as every model here takes them; with
+        `unit_pixels` turned back to [0, 1] first), pixel_mask [B,H,W] True on padding
+        (reported, not used: padding is image content to RT-DETR, as in the reference). In training, `targets` (labels,
         normalised cxcywh boxes) add the contrastive denoising queries when the model has
         them: their outputs are `out.denoising` (never in `groups`, never distilled)."""
         b = images.shape[0]
         if pixel_mask is None:
             pixel_mask = images.new_zeros(b, *images.shape[-2:], dtype=torch.bool)
+        if self.unit_pixels:
+            images = images * self.pixel_std + self.pixel_mean
         maps = self.encoder(self.backbone(images))
         features = [proj(m) for proj, m in zip(self.decoder_proj, maps, strict=True)]
         masks = [downsample_mask(pixel_mask, f.shape[-2:]) for f in features]

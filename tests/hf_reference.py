@@ -131,3 +131,14 @@ def padded_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     mask[1, 70:] = 0
     pixels[1][:, mask[1] == 0] = 0
     return pixels, mask
+
+
+def as_pipeline_pixels(kind: str, pixels: torch.Tensor) -> torch.Tensor:
+    """What our data pipeline hands the model for the pixels an HF model was given: RT-DETR
+    reads [0, 1] pixels (ours takes ImageNet-normalised ones and undoes it); the others read
+    normalised pixels already."""
+    if kind != "rtdetr_v2":
+        return pixels
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return (pixels - mean) / std

@@ -9,7 +9,13 @@ from safetensors.torch import load_file, save_file
 
 from orchestrator.cli.main import main
 from orchestrator.training.model_source import load_model
-from tests.hf_reference import edit_config, hf_model, padded_batch, save_folder
+from tests.hf_reference import (
+    as_pipeline_pixels,
+    edit_config,
+    hf_model,
+    padded_batch,
+    save_folder,
+)
 
 pytest.importorskip("transformers")
 
@@ -39,7 +45,7 @@ def test_an_imported_model_matches_transformers(tmp_path, kind):
     pixels, mask = padded_batch()
     with torch.no_grad():
         expected = reference(pixel_values=pixels, pixel_mask=mask)
-        ours = model.eval()(pixels, mask == 0)
+        ours = model.eval()(as_pipeline_pixels(kind, pixels), mask == 0)
     probs = ours.logits[-1].sigmoid()
     assert (probs - _probabilities(kind, expected.logits)).abs().max() <= 1e-4
     assert (ours.boxes[-1] - expected.pred_boxes).abs().max() <= 1e-4

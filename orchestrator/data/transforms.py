@@ -14,8 +14,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation of torchvision's ResNet weights
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from detr_models.backbone import IMAGENET_MEAN, IMAGENET_STD
+
 COCO_TRAIN_SCALES = tuple(range(480, 801, 32))
 COCO_MAX_SIZE = 1333
 COCO_CROP_RESIZE = (400, 500, 600)
