@@ -1,12 +1,14 @@
 """Accuracy at an equal training budget on the synthetic shapes: teacher, baseline student,
 DETRDistill student, OD-DETR student (and its EMA model), over seeds.
 
-    python -m bench.accuracy [--epochs 12] [--seeds 0 1 2] [--parallel 2]
+    python -m bench.accuracy [--epochs 12] [--seeds 0 1 2] [--parallel 2] [--suite rtdetr]
 
 The quickstart pair (experiments/quickstart.yaml teacher, quickstart_student.yaml baseline,
 quickstart_distill.yaml DETRDistill, shapes_deformable_oddetr.yaml OD-DETR): every student
 trains `--epochs` epochs on the same 256 images (lr step 2 epochs before the end) and is
-evaluated with pycocotools on the 32 validation images at the end. The teacher trains once, with
+evaluated with pycocotools on the 32 validation images at the end. `--suite rtdetr`: the same
+teacher, RT-DETRv2 students of the same size (quickstart_rtdetr_*.yaml,
+shapes_rtdetr_oddetr.yaml): a heterogeneous pair, written to accuracy_rtdetr.md. The teacher trains once, with
 its own recipe (`--teacher-epochs`), and DETRDistill distils from it. Runs use the plain engine
 in `--parallel` processes of one thread each (independent runs parallelise better than threads
 on small models). Instability: the mean over epochs of the query slots per probe image whose
@@ -25,10 +27,17 @@ from bench.common import ROOT, mean_std, target_row, write_results
 
 WORK = ROOT / "runs" / "bench_accuracy"
 TEACHER = "experiments/quickstart.yaml"
-STUDENTS = {
-    "baseline": "experiments/quickstart_student.yaml",
-    "DETRDistill": "experiments/quickstart_distill.yaml",
-    "OD-DETR": "experiments/shapes_deformable_oddetr.yaml",
+SUITES = {
+    "deformable": {
+        "baseline": "experiments/quickstart_student.yaml",
+        "DETRDistill": "experiments/quickstart_distill.yaml",
+        "OD-DETR": "experiments/shapes_deformable_oddetr.yaml",
+    },
+    "rtdetr": {
+        "baseline": "experiments/quickstart_rtdetr_student.yaml",
+        "DETRDistill": "experiments/quickstart_rtdetr_distill.yaml",
+        "OD-DETR": "experiments/shapes_rtdetr_oddetr.yaml",
+    },
 }
 
 
@@ -96,7 +105,9 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=48)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--suite", choices=list(SUITES), default="deformable")
     args = parser.parse_args()
+    students = SUITES[args.suite]
     from orchestrator.data.build import build_datasets
     from orchestrator.spec.loader import load_spec
     from orchestrator.spec.paths import resolve_paths
@@ -123,15 +134,15 @@ def main() -> None:
         jobs: dict[str, list] = {"baseline": [], "DETRDistill": [], "OD-DETR": []}
         for tag in ("baseline", "OD-DETR"):
             for seed in args.seeds:
-                folder = str(WORK / f"{tag}-s{seed}")
-                jobs[tag].append(pool.submit(train, STUDENTS[tag], seed, student, folder))
+                folder = str(WORK / args.suite / f"{tag}-s{seed}")
+                jobs[tag].append(pool.submit(train, students[tag], seed, student, folder))
         teacher = teacher_job.result()
         print(f"teacher: {teacher['final']}", flush=True)
         distill = [*student, f"teacher.weights={teacher['model_file']}"]
         for seed in args.seeds:
-            folder = str(WORK / f"DETRDistill-s{seed}")
+            folder = str(WORK / args.suite / f"DETRDistill-s{seed}")
             jobs["DETRDistill"].append(
-                pool.submit(train, STUDENTS["DETRDistill"], seed, distill, folder)
+                pool.submit(train, students["DETRDistill"], seed, distill, folder)
             )
         runs = {"teacher": [teacher]}
         runs.update({tag: [job.result() for job in group] for tag, group in jobs.items()})
@@ -149,9 +160,9 @@ def main() -> None:
         for r in group
     ]
     write_results(
-        "accuracy",
+        "accuracy" if args.suite == "deformable" else f"accuracy_{args.suite}",
         "Accuracy at an equal budget on the synthetic shapes",
-        {**vars(args), "teacher": TEACHER, "students": STUDENTS, "overrides": student},
+        {**vars(args), "teacher": TEACHER, "students": students, "overrides": student},
         {
             f"Students: {args.epochs} epochs each, same data and seeds; teacher "
             f"{args.teacher_epochs} epochs (its own recipe, one seed). Final epoch, mean +- std "
