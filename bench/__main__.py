@@ -18,12 +18,13 @@ from pathlib import Path
 
 from bench.common import RESULTS, ROOT, markdown_table
 
-BENCHMARKS = ("step_time", "matching", "orchestration", "memory", "accuracy")
+BENCHMARKS = ("step_time", "matching", "orchestration", "memory", "realtime", "accuracy")
 # result files, in README order (CPU first, then a GPU run's)
 RESULT_FILES = (
     "step_time_cpu",
     "step_time_cpu_512",
     "step_time_dense_mask",
+    "step_time_cpu_rtdetr",
     "step_time_cuda",
     "matching_cpu",
     "matching_cuda",
@@ -31,7 +32,11 @@ RESULT_FILES = (
     "orchestration_cuda",
     "memory_cpu",
     "memory_cuda",
+    "realtime_cpu",
+    "peer_cpu",
+    "peer_cpu_rtdetr",
     "accuracy",
+    "accuracy_rtdetr",
 )
 # before/after comparisons: their tables are shown, their target rows would only repeat
 STUDIES = {"step_time_dense_mask"}

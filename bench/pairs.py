@@ -4,7 +4,8 @@ Two configs per architecture:
 - `tiny`: the quickstart sizes (student width 32, 2 decoder stages; teacher width 64, 3 stages)
   on 128 px synthetic images, 3 classes;
 - `resnet50`: the papers' R-101 -> R-50 pairs, read from the COCO recipes in `experiments/`
-  (300 queries, 6 + 6 layers, 80 classes), on synthetic images of `--r50-size` pixels.
+  (300 queries, 6 + 6 layers, 80 classes), on synthetic images of `--r50-size` pixels; for
+  RT-DETRv2 the RT-DETRv2-R50 -> R-18 pair of its DETRDistill recipe.
 Weights are random: step time does not depend on them.
 """
 
@@ -30,13 +31,15 @@ from orchestrator.data.synth import ensure_shapes, split_paths
 from orchestrator.data.transforms import eval_transforms
 from orchestrator.spec.loader import load_spec
 
-ARCHS = ("deformable_detr", "conditional_detr", "dab_detr")
+ARCHS = ("deformable_detr", "conditional_detr", "dab_detr", "rtdetr_v2")
 EXPERIMENTS = ROOT / "experiments"
 # the R-50 student of each architecture, from its COCO recipe (the teacher swaps in R-101)
 R50_RECIPES = {
     "deformable_detr": "coco_detrdistill_deformable_r101_r50.yaml",
     "conditional_detr": "coco_detrdistill_conditional_r101_r50.yaml",
     "dab_detr": "coco_dab_detr_r50.yaml",
+    # RT-DETRv2: its own pair, the R-50 teacher (Hub) -> the R-18 student
+    "rtdetr_v2": "coco_detrdistill_rtdetr_v2_r50_r18.yaml",
 }
 TINY_STUDENT = {
     "backbone": "tiny",
@@ -53,6 +56,7 @@ TINY_LEVELS = {
     "deformable_detr": {"levels": ["C3", "C4", "C5"], "num_feature_levels": 4, "box_refine": True},
     "conditional_detr": {"levels": ["C4"]},
     "dab_detr": {"levels": ["C4"]},
+    "rtdetr_v2": {"levels": ["C3", "C4", "C5"], "encoder_ffn_dim": 64, "num_denoising": 30},
 }
 CONFIGS = ("tiny", "resnet50")
 
@@ -71,6 +75,8 @@ def pair(arch: str, config: str) -> tuple[ModelConfig, ModelConfig]:
         raise ValueError(f"unknown config {config!r}; choose from {CONFIGS}")
     spec = load_spec(EXPERIMENTS / R50_RECIPES[arch])
     student = spec.student.with_classes(80).model_copy(update={"backbone_weights": None})
+    if arch == "rtdetr_v2":
+        return student, spec.teacher.model
     teacher = student.model_copy(update={"backbone": "resnet101"})
     return student, teacher
 
@@ -124,7 +130,8 @@ class Setup:
         num_classes = self.student_config.num_classes
         self.student = build_model(self.student_config).to(device)
         self._teacher = None  # built on first use, so a student-alone process never holds it
-        self.criterion = SetCriterion(num_classes, HungarianMatcher())
+        loss = {"classification": "varifocal", "weight_cls": 1.0} if arch == "rtdetr_v2" else {}
+        self.criterion = SetCriterion(num_classes, HungarianMatcher(), **loss)
         self.device = device
 
     @property

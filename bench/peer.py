@@ -22,16 +22,34 @@ from pathlib import Path
 import torch
 
 from bench.common import interleaved_times, target_row, verdict, write_results
+from detr_models.batch import Batch
 from detr_models.config import LossConfig, MatcherConfig
 from detr_models.criterion import build_criterion, total
 from detr_models.pretrained.hf_folder import import_hf
+from distill.objective import DetectionObjective, Progress
+from tests.hf_reference import as_pipeline_pixels
 
-ARCHS = ("deformable_refine", "conditional_detr", "dab_detr", "detr")
+ARCHS = ("deformable_refine", "conditional_detr", "dab_detr", "detr", "rtdetr_v2")
 TRAIN_TARGET, EVAL_TARGET = 0.9, 1.0
 
 
 def hf_config(arch: str):
     import transformers as hf
+
+    if arch == "rtdetr_v2":  # RT-DETRv2-R18 (the release's sizes), denoising and aux losses on
+        backbone = hf.RTDetrResNetConfig(
+            layer_type="basic",
+            depths=[2, 2, 2, 2],
+            hidden_sizes=[64, 128, 256, 512],
+            out_features=["stage2", "stage3", "stage4"],
+        )
+        return hf.RTDetrV2ForObjectDetection, hf.RTDetrV2Config(
+            backbone_config=backbone,
+            encoder_in_channels=[128, 256, 512],
+            hidden_expansion=0.5,
+            decoder_layers=3,
+            num_labels=80,
+        )
 
     backbone = hf.ResNetConfig(
         out_features=["stage2", "stage3", "stage4"] if arch.startswith("deformable") else ["stage4"]
@@ -80,14 +98,15 @@ def build_pair(arch: str):
     torch.manual_seed(0)
     reference = cls(config)
     with tempfile.TemporaryDirectory() as folder:
-        # auxiliary_loss changes transformers' forward; the import refuses it, so save without
-        config.auxiliary_loss = False
+        # auxiliary_loss changes the older DETRs' forward; the import refuses it, so save without
+        config.auxiliary_loss = arch == "rtdetr_v2"
         reference.save_pretrained(folder)
         config.auxiliary_loss = True
         ours = import_hf(Path(folder)).model
+    frozen = ("embedder",) if arch == "rtdetr_v2" else ("embedder", ".stages.0.")
     for name, param in reference.named_parameters():  # train what ours trains
         if "backbone" in name:
-            param.requires_grad_("embedder" not in name and ".stages.0." not in name)
+            param.requires_grad_(not any(part in name for part in frozen))
     return reference.train(), ours.train()
 
 
@@ -107,7 +126,11 @@ def cases(arch: str, size: int, count: int):
     pixels, targets = batch(size, count, torch.Generator().manual_seed(0))
     hf_labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
     mask = torch.zeros(count, size, size, dtype=torch.bool)
-    criterion = build_criterion(80, MatcherConfig(), LossConfig())
+    loss = LossConfig(classification="varifocal", cls=1.0) if arch == "rtdetr_v2" else LossConfig()
+    objective = DetectionObjective(build_criterion(80, MatcherConfig(), loss))
+    data = Batch(pixels, mask, targets)
+    if arch == "rtdetr_v2":  # ours takes ImageNet-normalised pixels, as the pipeline gives them
+        data = Batch(as_pipeline_pixels(arch, pixels), mask, targets)
     hf_optim = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], 1e-5)
     our_optim = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], 1e-5)
 
@@ -118,7 +141,8 @@ def cases(arch: str, size: int, count: int):
 
     def our_step():
         our_optim.zero_grad(set_to_none=True)
-        losses, _ = criterion(ours(pixels, mask), targets)
+        # the product's training objective: set loss, encoder proposals, denoising
+        losses, _ = objective(ours, data, Progress(0, 0, 1, 1))
         total(losses).backward()
         our_optim.step()
 
@@ -129,7 +153,7 @@ def cases(arch: str, size: int, count: int):
 
     @torch.no_grad()
     def our_eval():
-        ours.eval()(pixels, mask)
+        ours.eval()(data.images, mask)
         ours.train()
 
     return {"hf_train": hf_step, "our_train": our_step, "hf_eval": hf_eval, "our_eval": our_eval}
@@ -143,6 +167,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--name", default="peer_cpu", help="result file name")
     args = parser.parse_args()
     rows, targets = [], []
     for arch in args.archs:
@@ -178,14 +203,15 @@ def main() -> None:
         )
     header = ("architecture", "HF step ms", "ours ms", "ratio", "HF eval ms", "ours ms", "ratio")
     write_results(
-        "peer_cpu",
+        args.name,
         "Side by side with Hugging Face transformers (same config and weights)",
         {"transformers": transformers.__version__, **vars(args)},
         {"median of interleaved rounds": (header, rows)},
         notes=[
             "Step: forward, the set loss with every auxiliary stage, backward, AdamW; eval: a "
             "no-grad forward. transformers' DETR uses its softmax cross-entropy loss, ours the "
-            "sigmoid focal loss on the same head."
+            "sigmoid focal loss on the same head. RT-DETRv2: R-18 sizes, varifocal loss, 100 "
+            "denoising queries and the encoder's loss on both."
         ],
         targets=targets,
     )

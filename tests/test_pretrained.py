@@ -153,6 +153,40 @@ def test_the_hub_teacher_recipe_is_what_the_import_writes():
     assert recipe.teacher.model.model_dump() == config.model_dump()
 
 
+def test_the_rtdetr_hub_teacher_recipe_is_what_the_import_writes():
+    # the fields of PekingU/rtdetr_v2_r50vd's config.json that decide the model
+    from detr_models.pretrained.hf_config import config_from_hf
+    from orchestrator.spec.loader import load_spec
+
+    hub = {
+        "model_type": "rt_detr_v2",
+        "backbone_config": {
+            "model_type": "rt_detr_resnet",
+            "layer_type": "bottleneck",
+            "depths": [3, 4, 6, 3],
+            "hidden_sizes": [256, 512, 1024, 2048],
+            "embedding_size": 64,
+            "out_features": ["stage2", "stage3", "stage4"],
+        },
+        "d_model": 256,
+        "encoder_hidden_dim": 256,
+        "encoder_in_channels": [512, 1024, 2048],
+        "encoder_layers": 1,
+        "encoder_ffn_dim": 1024,
+        "decoder_layers": 6,
+        "decoder_ffn_dim": 1024,
+        "decoder_n_points": 4,
+        "num_queries": 300,
+        "num_denoising": 100,
+        "hidden_expansion": 1.0,
+        "id2label": {str(i): f"class {i}" for i in range(80)},
+    }
+    config, names = config_from_hf(hub)
+    recipe = load_spec("experiments/coco_detrdistill_rtdetr_v2_r50_r18.yaml")
+    assert len(names) == 80
+    assert recipe.teacher.model.model_dump() == config.model_dump()
+
+
 def test_timm_backbone_names_map_to_the_torchvision_resnet():
     from detr_models.config import tiny_config
     from detr_models.pretrained.hf_keys import convert_hf_state

@@ -2,6 +2,7 @@
 
 Sizes are parameters so that CPU runs use small images; the defaults are DETR's COCO recipe
 (shorter side 480..800 step 32, max 1333; crop branch 400/500/600 then a 384..600 crop).
+RT-DETR's recipe is in `rtdetr_transforms.py` and ends in the same `DetectionTransform`.
 """
 
 from __future__ import annotations
@@ -55,12 +56,17 @@ def _randint(low: int, high: int) -> int:
 
 
 class DetectionTransform:
-    """Compose geometric v2 transforms, drop boxes cropped away, convert and normalise."""
+    """Compose v2 augmentations (on the uint8 image and pixel boxes), drop boxes cropped away,
+    convert and normalise.
 
-    def __init__(self, geometric: Sequence[v2.Transform]) -> None:
+    `set_epoch(epoch)` reaches every augmentation that has one (ops that stop at an epoch).
+    """
+
+    def __init__(self, augment: Sequence[v2.Transform]) -> None:
+        self.epoch_scheduled = [t for t in augment if hasattr(t, "set_epoch")]
         self.pipeline = v2.Compose(
             [
-                *geometric,
+                *augment,
                 v2.ClampBoundingBoxes(),
                 # default labels_getter finds target["labels"] and filters it with the boxes
                 v2.SanitizeBoundingBoxes(min_size=1.0),
@@ -73,6 +79,10 @@ class DetectionTransform:
         self, image: tv_tensors.Image, target: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.pipeline(image, target)
+
+    def set_epoch(self, epoch: int) -> None:
+        for transform in self.epoch_scheduled:
+            transform.set_epoch(epoch)
 
 
 def train_transforms(
@@ -101,6 +111,11 @@ def train_transforms(
     return DetectionTransform([v2.RandomHorizontalFlip(p=flip_prob), resize])
 
 
-def eval_transforms(size: int = 800, max_size: int = COCO_MAX_SIZE) -> DetectionTransform:
-    """Deterministic evaluation transform: resize the shorter side to `size` (longer <= max_size)."""
+def eval_transforms(
+    size: int = 800, max_size: int = COCO_MAX_SIZE, square: bool = False
+) -> DetectionTransform:
+    """Deterministic evaluation transform: resize the shorter side to `size` (longer <= max_size),
+    or with `square` to a `size` x `size` square, aspect not kept (RT-DETR; max_size unused)."""
+    if square:
+        return DetectionTransform([v2.Resize((size, size), antialias=True)])
     return DetectionTransform([v2.Resize(size, max_size=max_size, antialias=True)])

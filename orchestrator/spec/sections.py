@@ -52,11 +52,51 @@ class CocoData(StrictConfig):
     val_annotations: str
 
 
+Probability = Annotated[float, Field(ge=0, le=1)]
+RTDETR_SCALES = [480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800]
+
+
+class RtdetrAugment(StrictConfig):
+    """RT-DETR's training augmentation (rtdetrv2 `dataloader.yml`), used with `augment: rtdetr`.
+
+    Per image: photometric distortion, zoom-out, IoU crop, horizontal flip, a square resize to
+    `size`; per batch: a square resize to a side drawn from `scales`. Evaluation resizes to a
+    `size` square."""
+
+    size: PositiveInt = Field(
+        640, description="square side of every image after the per-image transform, train and eval"
+    )
+    scales: list[PositiveInt] = Field(
+        default_factory=lambda: list(RTDETR_SCALES),
+        description="square sides a training batch is resized to, one drawn per batch (a "
+        "repeated side is drawn more often); [] keeps every batch at `size`",
+    )
+    stop_epoch: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="from this epoch on (counted from 0) the photometric distortion, zoom-out, "
+        "IoU crop and batch multi-scale are off, leaving flip and resize (reference: 71 of 72 "
+        "epochs); null: never",
+    )
+    photometric_p: Probability = Field(
+        0.5, description="probability of each RandomPhotometricDistort adjustment"
+    )
+    zoom_out_p: Probability = Field(
+        0.5, description="probability of RandomZoomOut (onto a canvas up to 4x, black fill)"
+    )
+    iou_crop_p: Probability = Field(0.8, description="probability of RandomIoUCrop")
+    flip_p: Probability = Field(0.5, description="probability of the horizontal flip")
+
+
 class DataSpec(StrictConfig):
     """Where images come from, how they are augmented and batched."""
 
     source: Annotated[SyntheticData | CocoData, Field(discriminator="kind")] = Field(
         default_factory=SyntheticData
+    )
+    augment: Literal["detr", "rtdetr"] = Field(
+        "detr",
+        description="detr: flip, multi-scale shorter side (train_scales, max_size), random crop "
+        "(crop*), eval at eval_size; rtdetr: RT-DETR's recipe, configured by `rtdetr`",
     )
     train_scales: list[PositiveInt] = Field(default_factory=lambda: list(range(480, 801, 32)))
     max_size: PositiveInt = 1333
@@ -64,6 +104,9 @@ class DataSpec(StrictConfig):
     crop_resize: list[PositiveInt] = Field(default_factory=lambda: [400, 500, 600])
     crop_size: tuple[PositiveInt, PositiveInt] = (384, 600)
     eval_size: PositiveInt = 800
+    rtdetr: RtdetrAugment = Field(
+        default_factory=RtdetrAugment, description="used only with augment: rtdetr"
+    )
     batch_size: PositiveInt = 2
     eval_batch_size: PositiveInt | None = None
     num_workers: NonNegInt = 2
