@@ -180,6 +180,21 @@ def test_overrides_change_values():
     assert spec.mlflow.tracking_uri == "sqlite:///runs.db"
 
 
+def test_rtdetr_augment_defaults_and_overrides():
+    detr = load_spec(QUICKSTART).data
+    assert detr.augment == "detr"  # today's recipe unless a spec says otherwise
+    spec = load_spec(QUICKSTART, ["data.augment=rtdetr", "data.rtdetr.stop_epoch=71"])
+    rtdetr = spec.data.rtdetr
+    assert spec.data.augment == "rtdetr" and rtdetr.stop_epoch == 71
+    # the rtdetrv2 dataloader.yml values
+    reference = [480, 512, 544, 576, 608, 640, 640, 640, 672, 704, 736, 768, 800]
+    assert rtdetr.size == 640 and rtdetr.scales == reference
+    assert (rtdetr.photometric_p, rtdetr.zoom_out_p, rtdetr.iou_crop_p) == (0.5, 0.5, 0.8)
+    assert rtdetr.flip_p == 0.5
+    with pytest.raises(SpecError, match=r"data\.augment: must be one of detr, rtdetr"):
+        load_spec(QUICKSTART, ["data.augment=rt-detr"])
+
+
 def test_a_bad_override_value_names_the_override(capsys):
     assert main(["validate", str(QUICKSTART), "--set", "optim.lr=-1"]) == 2
     err = capsys.readouterr().err

@@ -73,8 +73,12 @@ def add_import_command(commands: argparse._SubParsersAction) -> None:
         "--tracking-uri",
         help="MLflow tracking URI for --register (default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)",
     )
-    parser.add_argument("--size", type=int, default=800, help="eval shortest side (default 800)")
-    parser.add_argument("--max-size", type=int, default=1333, help="eval longest side (1333)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="eval shortest side (default 800; RT-DETRv2: a 640 x 640 square, as it was trained)",
+    )
+    parser.add_argument("--max-size", type=int, help="eval longest side (default 1333)")
     parser.set_defaults(handler=_import)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.data.dataset import CocoDetection
+from orchestrator.data.rtdetr_transforms import BatchMultiScale, rtdetr_train_transforms
 from orchestrator.data.synth import ensure_shapes, split_paths
-from orchestrator.data.transforms import eval_transforms, train_transforms
+from orchestrator.data.transforms import DetectionTransform, eval_transforms, train_transforms
 from orchestrator.spec.sections import DataSpec, SyntheticData
 
 
@@ -36,16 +37,43 @@ def build_datasets(
     """(train, val) datasets with the spec's transforms; `verify_images` opens every image's
     header first (a missing, foreign or mis-sized file is an error before training starts)."""
     paths = data_paths(data)
-    train_tf = train_transforms(
+    train = CocoDetection(
+        *paths["train"], transforms=train_transform(data), verify_images=verify_images
+    )
+    val = CocoDetection(*paths["val"], transforms=eval_transform(data), verify_images=verify_images)
+    return train, val
+
+
+def train_transform(data: DataSpec) -> DetectionTransform:
+    """The per-image training transform of `data.augment`."""
+    if data.augment == "rtdetr":
+        rt = data.rtdetr
+        return rtdetr_train_transforms(
+            size=rt.size,
+            photometric_p=rt.photometric_p,
+            zoom_out_p=rt.zoom_out_p,
+            iou_crop_p=rt.iou_crop_p,
+            flip_p=rt.flip_p,
+            stop_epoch=rt.stop_epoch,
+        )
+    return train_transforms(
         scales=data.train_scales,
         max_size=data.max_size,
         crop_resize=data.crop_resize if data.crop else None,
         crop_size=data.crop_size,
     )
-    train = CocoDetection(*paths["train"], transforms=train_tf, verify_images=verify_images)
-    val = CocoDetection(
-        *paths["val"],
-        transforms=eval_transforms(data.eval_size, data.max_size),
-        verify_images=verify_images,
-    )
-    return train, val
+
+
+def eval_transform(data: DataSpec) -> DetectionTransform:
+    """The deterministic evaluation transform: shorter side `eval_size` (detr) or a
+    `rtdetr.size` square (rtdetr)."""
+    if data.augment == "rtdetr":
+        return eval_transforms(data.rtdetr.size, square=True)
+    return eval_transforms(data.eval_size, data.max_size)
+
+
+def train_batch_transform(data: DataSpec) -> BatchMultiScale | None:
+    """What the training loader does to each collated batch: RT-DETR's multi-scale, or nothing."""
+    if data.augment != "rtdetr" or not data.rtdetr.scales:
+        return None
+    return BatchMultiScale(data.rtdetr.scales, data.rtdetr.stop_epoch)

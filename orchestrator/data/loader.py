@@ -3,6 +3,7 @@ that works with and without torch.distributed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,12 +52,14 @@ def build_loader(
     seed: int = 0,
     size_divisor: int = 1,
     drop_last: bool = False,
+    batch_transform: Callable[[Batch], Batch] | None = None,
 ) -> DataLoader:
     """A DataLoader for training (shuffled) or evaluation (in order).
 
     Under an initialised process group each rank gets its share through a DistributedSampler
     (call `set_epoch(loader, epoch)` every epoch). The seed fixes the order and the random
-    augmentation of every worker, so a run is repeatable.
+    augmentation of every worker, so a run is repeatable. `batch_transform` runs on each
+    collated batch, in the worker (RT-DETR's batch multi-scale).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,11 +75,12 @@ def build_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=_Collate(size_divisor),
+        collate_fn=_Collate(size_divisor, batch_transform),
         drop_last=drop_last,
         generator=generator,
         # workers restart every epoch so their seeds come from the per-epoch generator state:
-        # a resumed run then sees exactly the augmentations an uninterrupted one would
+        # a resumed run then sees exactly the augmentations an uninterrupted one would; and
+        # they take a fresh copy of the dataset and collate, with the epoch set_epoch gave them
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
@@ -85,19 +89,32 @@ def build_loader(
 
 
 class _Collate:
-    """Picklable collate with a fixed size divisor (worker processes need to pickle it)."""
+    """Picklable collate with a fixed size divisor and an optional batch transform (worker
+    processes need to pickle it)."""
 
-    def __init__(self, size_divisor: int) -> None:
+    def __init__(
+        self, size_divisor: int, batch_transform: Callable[[Batch], Batch] | None = None
+    ) -> None:
         self.size_divisor = size_divisor
+        self.batch_transform = batch_transform
 
     def __call__(self, samples: list) -> Batch:
-        return collate_detection(samples, self.size_divisor)
+        batch = collate_detection(samples, self.size_divisor)
+        return batch if self.batch_transform is None else self.batch_transform(batch)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_transform, "set_epoch"):
+            self.batch_transform.set_epoch(epoch)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Fix the order and worker seeds of `epoch` from the loader's seed alone, so that epoch e
-    is the same whether or not the run was interrupted before it."""
+    is the same whether or not the run was interrupted before it; and tell the augmentations
+    that change with the epoch (the dataset's transform, the batch transform) which it is."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
+    for part in (loader.collate_fn, getattr(loader.dataset, "transforms", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
     if loader.generator is not None:
         loader.generator.manual_seed(getattr(loader, "base_seed", 0) * 100_003 + epoch)

@@ -44,8 +44,8 @@ def import_checkpoint(
     out: Path,
     register_as: str | None = None,
     tracking_uri: str | None = None,
-    size: int = 800,
-    max_size: int = 1333,
+    size: int | None = None,
+    max_size: int | None = None,
     fmt: str = "auto",
 ) -> ImportResult:
     """Import `source` into the model file `out` (written only when everything mapped).
@@ -72,8 +72,7 @@ def import_checkpoint(
     extra = {
         "class_names": imported.class_names,
         "label_to_category": label_categories(imported.class_names),
-        "eval_size": size,
-        "max_size": max_size,
+        **_eval_resize(imported.config.architecture, size, max_size),
         "source": source,
     }
     checkpoints.save_model_file(out, imported.model, imported.config, extra)
@@ -124,3 +123,12 @@ def _register(
         raise
     run_logger.finish()
     return version
+
+
+def _eval_resize(architecture: str, size: int | None, max_size: int | None) -> dict:
+    """How the model file says to resize for eval/predict: RT-DETR was trained on 640 x 640
+    squares; the others on a shortest side of 800, longest 1333 (unless given)."""
+    if architecture == "rtdetr_v2" and max_size is None:
+        side = size or 640
+        return {"eval_size": side, "max_size": side, "eval_square": True}
+    return {"eval_size": size or 800, "max_size": max_size or 1333}

@@ -42,7 +42,9 @@ def evaluate_model(
         images,
         annotations,
         transforms=eval_transforms(
-            size or extra.get("eval_size", 800), extra.get("max_size", 1333)
+            size or extra.get("eval_size", 800),
+            extra.get("max_size", 1333),
+            square=extra.get("eval_square", False),
         ),
     )
     if "label_to_category" in extra and extra["label_to_category"] != dataset.label_to_category:
@@ -81,7 +83,9 @@ def predict_images(
     names = extra.get("class_names")
     ids = extra.get("label_to_category") or list(range(model.num_classes))
     transform = eval_transforms(
-        size or extra.get("eval_size", 800), max_size or extra.get("max_size", 1333)
+        size or extra.get("eval_size", 800),
+        max_size or extra.get("max_size", 1333),
+        square=extra.get("eval_square", False),
     )
     post = PostProcess(top_k=top_k)
     out_dir.mkdir(parents=True, exist_ok=True)

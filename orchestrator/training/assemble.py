@@ -19,10 +19,14 @@ from detr_models.criterion import build_criterion
 from detr_models.matcher import HungarianMatcher
 from distill.methods import Student, Teacher, build_objective
 from distill.objective import TrainingObjective
-from orchestrator.data.build import build_datasets, data_paths
+from orchestrator.data.build import (
+    build_datasets,
+    data_paths,
+    eval_transform,
+    train_batch_transform,
+)
 from orchestrator.data.dataset import CocoDetection
 from orchestrator.data.loader import build_loader, collate_detection
-from orchestrator.data.transforms import eval_transforms
 from orchestrator.evaluation.coco import CocoEvaluator
 from orchestrator.evaluation.stability import MatchingStability
 from orchestrator.spec.sections import ExperimentSpec
@@ -79,7 +83,14 @@ def assemble(spec: ExperimentSpec, device: torch.device, rank: int = 0) -> Train
         load_teacher(spec, train_set.class_names, device),
     )
     data = spec.data
-    loader = build_loader(train_set, data.batch_size, True, data.num_workers, spec.seed)
+    loader = build_loader(
+        train_set,
+        data.batch_size,
+        True,
+        data.num_workers,
+        spec.seed,
+        batch_transform=train_batch_transform(data),
+    )
     val_loader = build_loader(
         val_set, data.eval_batch_size or data.batch_size, False, data.num_workers
     )
@@ -162,9 +173,7 @@ def stability_probe(spec: ExperimentSpec) -> list[Batch]:
     if count == 0:
         return []
     images, annotations = data_paths(spec.data)["train"]
-    probe = CocoDetection(
-        images, annotations, eval_transforms(spec.data.eval_size, spec.data.max_size)
-    )
+    probe = CocoDetection(images, annotations, eval_transform(spec.data))
     size = spec.data.eval_batch_size or spec.data.batch_size
     indices = list(range(min(count, len(probe))))
     return [

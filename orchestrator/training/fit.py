@@ -226,11 +226,13 @@ def _checkpoint(
         directory, model, setup.objective, setup.optimizer, setup.scheduler, rngs, state
     )
     spec, val_set = setup.spec, setup.val_set
+    square = spec.data.augment == "rtdetr"  # evaluates on rtdetr.size squares
     extra = {
         "class_names": val_set.class_names,
         "label_to_category": val_set.label_to_category,
-        "eval_size": spec.data.eval_size,
+        "eval_size": spec.data.rtdetr.size if square else spec.data.eval_size,
         "max_size": spec.data.max_size,
+        "eval_square": square,
         "epoch": state.epoch,
     }
     config = setup.model_config
