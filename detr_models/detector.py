@@ -15,7 +15,7 @@ from detr_models.denoising_queries import DenoisingQueries
 from detr_models.layers import MaskedGroupNorm
 from detr_models.output import DetrOutput, QueryGroup
 from detr_models.position import PositionEmbeddingSine
-from detr_models.query_sets import gather_queries
+from detr_models.query_sets import gather_queries, group_tensors
 
 
 class Detector(nn.Module):
@@ -167,25 +167,6 @@ class Detector(nn.Module):
             **static,
         )
 
-    def _group_queries(
-        self, group: QueryGroup, batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        content, position = group.content, group.position
-        expected = 4 if self.query_kind == "anchor" else self.hidden_dim
-        if position.shape[-1] != expected or content.shape[-1] != self.hidden_dim:
-            kind = (
-                "anchor boxes (cxcywh)" if self.query_kind == "anchor" else "positional embeddings"
-            )
-            raise ValueError(
-                f"query group {group.name!r}: this model takes content [...,{self.hidden_dim}] and "
-                f"{kind} [...,{expected}], got {list(content.shape)} and {list(position.shape)}"
-            )
-        if content.dim() == 2:
-            content = content.unsqueeze(0).expand(batch_size, -1, -1)
-        if position.dim() == 2:
-            position = position.unsqueeze(0).expand(batch_size, -1, -1)
-        return content, position
-
     def forward(
         self,
         images: torch.Tensor,
@@ -212,7 +193,10 @@ class Detector(nn.Module):
         training_dn = self.training and targets is not None
         sets = gather_queries(
             (content, position),
-            [(g.name, *self._group_queries(g, batch_size)) for g in query_groups or []],
+            [
+                (g.name, *group_tensors(g, batch_size, self.hidden_dim, self.query_kind))
+                for g in query_groups or []
+            ],
             self.denoising if training_dn else None,
             targets,
         )

@@ -11,7 +11,7 @@ import torch
 from detr_models.attention import BlockDiagonal
 from detr_models.denoising import DenoisingGroup
 from detr_models.denoising_queries import DenoisingQueries, self_attention_mask
-from detr_models.output import StageOutputs
+from detr_models.output import QueryGroup, StageOutputs
 
 
 @dataclass
@@ -81,3 +81,23 @@ def gather_queries(
         names,
         group,
     )
+
+
+def group_tensors(
+    group: QueryGroup, batch_size: int, hidden_dim: int, query_kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A distillation group's (content [B,G,D], position [B,G,P]), checked against what the
+    model takes: anchor boxes [...,4] or positional embeddings [...,D]; `[G,...]` broadcast."""
+    content, position = group.content, group.position
+    expected = 4 if query_kind == "anchor" else hidden_dim
+    if position.shape[-1] != expected or content.shape[-1] != hidden_dim:
+        kind = "anchor boxes (cxcywh)" if query_kind == "anchor" else "positional embeddings"
+        raise ValueError(
+            f"query group {group.name!r}: this model takes content [...,{hidden_dim}] and "
+            f"{kind} [...,{expected}], got {list(content.shape)} and {list(position.shape)}"
+        )
+    if content.dim() == 2:
+        content = content.unsqueeze(0).expand(batch_size, -1, -1)
+    if position.dim() == 2:
+        position = position.unsqueeze(0).expand(batch_size, -1, -1)
+    return content, position

@@ -11,7 +11,7 @@ from detr_models.denoising_queries import DenoisingQueries
 from detr_models.hybrid_encoder import ConvNorm, HybridEncoder
 from detr_models.layers import MLP, PerStage
 from detr_models.output import DetrOutput, QueryGroup
-from detr_models.query_sets import gather_queries
+from detr_models.query_sets import gather_queries, group_tensors
 from detr_models.rtdetr_decoder import RtDetrDecoder
 
 
@@ -110,9 +110,10 @@ class RtDetr(nn.Module):
     ) -> DetrOutput:
         """images [B,3,H,W] ImageNet-normalised (as every model here takes them; with
         `unit_pixels` turned back to [0, 1] first), pixel_mask [B,H,W] True on padding
-        (reported, not used: padding is image content to RT-DETR, as in the reference). In training, `targets` (labels,
-        normalised cxcywh boxes) add the contrastive denoising queries when the model has
-        them: their outputs are `out.denoising` (never in `groups`, never distilled)."""
+        (reported, not used: padding is image content to RT-DETR, as in the reference). In
+        training, `targets` (labels, normalised cxcywh boxes) add the contrastive denoising
+        queries when the model has them: their outputs are `out.denoising` (never in
+        `groups`, never distilled)."""
         b = images.shape[0]
         if pixel_mask is None:
             pixel_mask = images.new_zeros(b, *images.shape[-2:], dtype=torch.bool)
@@ -128,7 +129,7 @@ class RtDetr(nn.Module):
         training_dn = self.training and targets is not None
         sets = gather_queries(
             (content, anchors),
-            [(g.name, *self._group(g, b)) for g in query_groups or []],
+            [(g.name, *group_tensors(g, b, self.hidden_dim, "anchor")) for g in query_groups or []],
             self.denoising if training_dn else None,
             targets,
         )
@@ -147,17 +148,3 @@ class RtDetr(nn.Module):
             denoising=denoising,
             denoising_group=sets.denoising,
         )
-
-    def _group(self, group: QueryGroup, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        content, position = group.content, group.position
-        if position.shape[-1] != 4 or content.shape[-1] != self.hidden_dim:
-            raise ValueError(
-                f"query group {group.name!r}: RT-DETR takes content [...,{self.hidden_dim}] and "
-                f"anchor boxes (cxcywh) [...,4], got {list(content.shape)} and "
-                f"{list(position.shape)}"
-            )
-        if content.dim() == 2:
-            content = content.unsqueeze(0).expand(b, -1, -1)
-        if position.dim() == 2:
-            position = position.unsqueeze(0).expand(b, -1, -1)
-        return content, position

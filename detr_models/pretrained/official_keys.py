@@ -149,10 +149,7 @@ def official_to_ours(
             continue
         packed = _rename(name, _PACKED[architecture])
         if packed is not None and "in_proj_" in name:
-            kind = "weight" if name.endswith("in_proj_weight") else "bias"
-            base = packed.rsplit("in_proj_", 1)[0]
-            for part, chunk in zip("qkv", tensor.chunk(3), strict=True):
-                ours[f"{base}{part}_proj.{kind}"] = chunk
+            ours.update(split_packed(packed, tensor))
             continue
         new = _rename(name, pairs)
         if new is None:
@@ -206,6 +203,17 @@ def ours_to_official(
         for name in [n for n in official if n.startswith("bbox_embed.")]:
             official[f"transformer.decoder.{name}"] = official[name]
     return official
+
+
+def split_packed(renamed: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A packed `...in_proj_weight|bias` [3D,...] (renamed to our module's prefix) as our
+    `q_proj`, `k_proj` and `v_proj` tensors."""
+    kind = "weight" if renamed.endswith("in_proj_weight") else "bias"
+    base = renamed.rsplit("in_proj_", 1)[0]
+    return {
+        f"{base}{part}_proj.{kind}": chunk
+        for part, chunk in zip("qkv", tensor.chunk(3), strict=True)
+    }
 
 
 def count_layers(state: dict[str, torch.Tensor], prefix: str) -> int:

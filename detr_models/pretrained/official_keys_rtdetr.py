@@ -15,6 +15,7 @@ import re
 
 import torch
 
+from detr_models.pretrained.official_keys import split_packed
 from detr_models.rtdetr import grid_anchors
 
 # a ConvNormLayer (`conv` + `norm`) -> our ConvNorm Sequential (0: conv, 1: BatchNorm)
@@ -143,10 +144,7 @@ def official_to_ours(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
             continue
         packed = _rename(name, PACKED)
         if packed is not None and "in_proj_" in packed:
-            kind = "weight" if name.endswith("in_proj_weight") else "bias"
-            base = packed.rsplit("in_proj_", 1)[0]
-            for part, chunk in zip("qkv", tensor.chunk(3), strict=True):
-                ours[f"{base}{part}_proj.{kind}"] = chunk
+            ours.update(split_packed(packed, tensor))
             continue
         new = _rename(name, RULES)
         if new is None:
