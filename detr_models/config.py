@@ -248,7 +248,9 @@ class RtDetrConfig(ModelConfig):
     ffn_dim: Annotated[int, Field(gt=0, le=32768)] = 1024
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     expansion: Annotated[float, Field(gt=0, le=8)] = 1.0
-    num_points: Annotated[int, Field(gt=0, le=32)] = 4
+    num_points: Annotated[int, Field(gt=0, le=32)] | list[Annotated[int, Field(gt=0, le=32)]] = (
+        Field(4, description="decoder sampling points per level: one count, or one per level")
+    )
     num_denoising: Annotated[int, Field(ge=0, le=10_000)] = Field(
         100, description="contrastive denoising queries in training (0: none)"
     )
@@ -259,6 +261,14 @@ class RtDetrConfig(ModelConfig):
     )
     label_noise_ratio: Annotated[float, Field(ge=0, le=1)] = 0.5
     box_noise_scale: Annotated[float, Field(ge=0, le=10)] = 1.0
+
+    @model_validator(mode="after")
+    def _check_points(self) -> RtDetrConfig:
+        if isinstance(self.num_points, list) and len(self.num_points) != len(self.levels):
+            raise ValueError(
+                f"num_points {self.num_points}: one count per level ({len(self.levels)} levels)"
+            )
+        return self
 
     @property
     def query_kind(self) -> str:

@@ -67,6 +67,33 @@ def multi_scale_deformable_attention(
     return out.view(b, num_heads * head_dim, q).transpose(1, 2).contiguous()  # [B,Q,H*Dh]
 
 
+def ragged_deformable_attention(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    points: list[int],
+) -> torch.Tensor:
+    """`multi_scale_deformable_attention` with `points[l]` points on level l (RT-DETRv2).
+
+    sampling_locations [B,Q,H,T,2] and attention_weights [B,Q,H,T], T = sum(points), the
+    points of level 0 first -> [B,Q,H*Dh]."""
+    b, _, num_heads, head_dim = value.shape
+    q = sampling_locations.shape[1]
+    sizes = _level_sizes(spatial_shapes, value)
+    per_level = value.split([h * w for h, w in sizes], dim=1)
+    grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)  # [B*H,Q,T,2]
+    sampled = []
+    for (h, w), v, grid in zip(sizes, per_level, grids.split(points, dim=2), strict=True):
+        v = v.permute(0, 2, 3, 1).reshape(b * num_heads, head_dim, h, w)
+        sampled.append(
+            F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )  # [B*H,Dh,Q,P_l]
+    weights = attention_weights.transpose(1, 2).reshape(b * num_heads, 1, q, sum(points))
+    out = (torch.cat(sampled, dim=-1) * weights).sum(-1)  # [B*H,Dh,Q]
+    return out.view(b, num_heads * head_dim, q).transpose(1, 2).contiguous()
+
+
 def naive_multi_scale_deformable_attention(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -117,35 +144,46 @@ class MultiScaleDeformableAttention(nn.Module):
 
     Each query predicts `num_points` sampling offsets and attention weights per head and level
     from its own features; the values are sampled around the query's reference point.
+    `num_points` may be a list, one count per level (RT-DETRv2; box references only): the
+    points of level 0 come first in the offset and weight layout.
     """
 
     def __init__(
-        self, dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4
+        self,
+        dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int | list[int] = 4,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden dim {dim} is not divisible by {num_heads} heads")
+        points = [num_points] * num_levels if isinstance(num_points, int) else list(num_points)
+        if len(points) != num_levels or min(points) < 1:
+            raise ValueError(f"num_points {num_points}: one positive count per level")
         self.dim = dim
         self.num_heads = num_heads
         self.num_levels = num_levels
-        self.num_points = num_points
-        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
-        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+        self.points = points
+        self.num_points = points[0] if len(set(points)) == 1 else None  # None: ragged
+        total = sum(points)
+        self.sampling_offsets = nn.Linear(dim, num_heads * total * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * total)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Standard init: at the start each head looks in its own direction, at growing radii."""
-        h, lv, p = self.num_heads, self.num_levels, self.num_points
+        h = self.num_heads
         nn.init.zeros_(self.sampling_offsets.weight)
         angles = torch.arange(h, dtype=torch.float64) * (2 * math.pi / h)
         directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # [H,2]
         # Scale so the larger component is 1: the first point lands on a neighbouring pixel.
         directions = directions / directions.abs().amax(dim=-1, keepdim=True)
-        radii = torch.arange(1, p + 1, dtype=torch.float64)  # [P]
-        bias = directions[:, None, None, :] * radii[None, None, :, None]  # [H,1,P,2]
-        bias = bias.expand(h, lv, p, 2)  # [H,L,P,2], same pattern on every level
+        # points 1..P_l of every level at growing radii, the same pattern on every level
+        radii = torch.cat([torch.arange(1, p + 1, dtype=torch.float64) for p in self.points])
+        bias = directions[:, None, :] * radii[None, :, None]  # [H,T,2]
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(bias.reshape(-1))
         nn.init.zeros_(self.attention_weights.weight)
@@ -170,6 +208,8 @@ class MultiScaleDeformableAttention(nn.Module):
         """
         b, q, _ = query.shape
         h, lv, p = self.num_heads, self.num_levels, self.num_points
+        if p is None:
+            return self._ragged(query, reference_points, value, spatial_shapes, padding_mask)
         if spatial_shapes.dim() != 2 or spatial_shapes.shape[0] != lv:
             raise ValueError(
                 f"spatial_shapes must have {lv} rows (one per level), "
@@ -208,6 +248,36 @@ class MultiScaleDeformableAttention(nn.Module):
             )  # locations: [B,Q,H,L,P,2]
 
         out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
+        return self.output_proj(out)
+
+    def _ragged(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The forward with a count of points per level: box references [B,Q,L,4] only; each of
+        level l's points moves by offset / P_l * half the box size (RT-DETRv2)."""
+        if reference_points.shape[-1] != 4:
+            raise ValueError("points per level need box references [B, Q, L, 4]")
+        b, q, _ = query.shape
+        h, total = self.num_heads, sum(self.points)
+        value = self.value_proj(value)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(b, value.shape[1], h, self.dim // h)
+        offsets = self.sampling_offsets(query).view(b, q, h, total, 2)
+        weights = self.attention_weights(query).view(b, q, h, total).softmax(-1)
+        level = torch.repeat_interleave(
+            torch.arange(self.num_levels, device=query.device),
+            torch.tensor(self.points, device=query.device),
+        )  # [T]: the level of every point
+        scale = 1.0 / torch.tensor(self.points, device=query.device, dtype=offsets.dtype)[level]
+        ref = reference_points[:, :, None, level]  # [B,Q,1,T,4]
+        locations = ref[..., :2] + offsets * scale[:, None] * ref[..., 2:] * 0.5  # [B,Q,H,T,2]
+        out = ragged_deformable_attention(value, spatial_shapes, locations, weights, self.points)
         return self.output_proj(out)
 
 

@@ -176,3 +176,50 @@ def test_valid_ratios():
     ratios = valid_ratios(mask)
     assert ratios.dtype == torch.float32
     torch.testing.assert_close(ratios, torch.tensor([[1.0, 1.0], [2 / 5, 3 / 4]]))
+
+
+def test_points_per_level_sample_each_level_with_its_own_count():
+    """RT-DETRv2's ragged layout: 2 points on level 0, 3 on level 1; every point's value is
+    the bilinear sample of its own level, weighted as the softmax over all 5 says."""
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(dim=8, num_heads=2, num_levels=2, num_points=[2, 3])
+    with torch.no_grad():
+        for param in attn.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    shapes = torch.tensor([[6, 5], [3, 4]])
+    value = torch.randn(1, 6 * 5 + 3 * 4, 8)
+    query = torch.randn(1, 3, 8)
+    refs = torch.rand(1, 3, 1, 4).clamp(0.2, 0.8).expand(-1, -1, 2, -1)
+    out = attn(query, refs, value, shapes)
+    # by hand: every point alone through the naive sampler, summed with its weight
+    proj = attn.value_proj(value).view(1, -1, 2, 4)
+    offsets = attn.sampling_offsets(query).view(1, 3, 2, 5, 2)
+    weights = attn.attention_weights(query).view(1, 3, 2, 5).softmax(-1)
+    levels, counts = [0, 0, 1, 1, 1], [2, 2, 3, 3, 3]
+    per_level = proj.split([30, 12], dim=1)
+    expected = 0
+    for t, (level, count) in enumerate(zip(levels, counts, strict=True)):
+        loc = (
+            refs[:, :, level, None, :2]
+            + offsets[:, :, :, t] / count * refs[:, :, level, None, 2:] * 0.5
+        )
+        sample = naive_multi_scale_deformable_attention(
+            per_level[level],
+            shapes[level : level + 1],
+            loc[:, :, :, None, None],
+            weights[:, :, :, t, None, None],
+        )
+        expected = expected + sample
+    assert torch.allclose(out, attn.output_proj(expected), atol=1e-5)
+
+
+def test_equal_points_per_level_are_the_uniform_layout():
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(dim=8, num_heads=2, num_levels=2, num_points=[3, 3])
+    assert attn.num_points == 3  # the uniform path: same parameters, same layout
+    shapes = torch.tensor([[6, 5], [3, 4]])
+    value, query = torch.randn(2, 42, 8), torch.randn(2, 4, 8)
+    refs = torch.rand(2, 4, 2, 4).clamp(0.1, 0.9)
+    assert torch.allclose(
+        attn(query, refs, value, shapes), attn._ragged(query, refs, value, shapes, None), atol=1e-6
+    )

@@ -176,12 +176,6 @@ def _refused(tmp_path, capsys, official, message, name="release.pth", fmt=()):
     assert message in capsys.readouterr().err and not out.exists()
 
 
-def _per_level_points(official):  # levels with 2, 6 and 4 points: 12 in all, as 4 x 3
-    scale = [1 / 2] * 2 + [1 / 6] * 6 + [1 / 4] * 4
-    for name in [n for n in official if n.endswith("num_points_scale")]:
-        official[name] = torch.tensor(scale)
-
-
 def _learnt_queries(official):
     official["decoder.tgt_embed.weight"] = torch.zeros(300, 64)
 
@@ -199,7 +193,6 @@ def _version_1(official):  # RT-DETR v1's HybridEncoder names its projections 0 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (_per_level_points, "num_points [2, 6, 4] per level"),
         (_learnt_queries, "learn_query_content"),
         (_agnostic_selection, "agnostic"),
         (_version_1, "RT-DETR (v1)"),
@@ -223,3 +216,21 @@ def test_the_format_flag_is_checked_against_an_rtdetr_file(tmp_path, capsys, sma
         "--format deformable-detr, but the file holds a rtdetr_v2",
         fmt=("--format", "deformable-detr"),
     )
+
+
+def test_a_release_with_points_per_level_imports_exactly(tmp_path):
+    """RT-DETRv2's per-level sampling points (here 2, 6 and 4): read from num_points_scale."""
+    torch.manual_seed(0)
+    config = model_config_from_dict({**SMALL, "num_points": [2, 6, 4]})
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    official = ours_to_official(model.state_dict(), num_points=[2, 6, 4])
+    assert official["decoder.decoder.layers.1.cross_attn.num_points_scale"].numel() == 12
+    torch.save({"model": official}, tmp_path / "release.pth")
+    out = tmp_path / "model.pt"
+    assert main(["import", str(tmp_path / "release.pth"), "--out", str(out)]) == 0
+    imported, payload = load_model(str(out))
+    assert payload["config"]["num_points"] == [2, 6, 4]
+    assert _same_outputs(model, imported)

@@ -231,10 +231,10 @@ def _rtdetr(state: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[str, A
 
 def _rtdetr_attention(
     state: dict[str, torch.Tensor], args: dict[str, Any], levels: int
-) -> tuple[int, int]:
-    """(heads, points per level) of the decoder's deformable attention. Its `num_points_scale`
-    buffer holds 1/n for each of a level's n points: it gives both; without it heads are
-    args' `nheads` or 8."""
+) -> tuple[int, int | list[int]]:
+    """(heads, points per level: one count, or a list where levels differ) of the decoder's
+    deformable attention. Its `num_points_scale` buffer holds 1/n for each of a level's n
+    points: it gives both; without it heads are args' `nheads` or 8."""
     rows = state["decoder.decoder.layers.0.cross_attn.attention_weights.weight"].shape[0]
     scale = state.get("decoder.decoder.layers.0.cross_attn.num_points_scale")
     if scale is None:
@@ -244,11 +244,12 @@ def _rtdetr_attention(
     while start < scale.numel():
         per_level.append(max(1, round(1 / float(scale[start]))))
         start += per_level[-1]
-    if len(per_level) != levels or len(set(per_level)) != 1:
+    if len(per_level) != levels:
         raise UnsupportedCheckpoint(
-            f"num_points {per_level} per level: one count for every level only"
+            f"num_points_scale describes {len(per_level)} levels ({per_level}), the model {levels}"
         )
-    return rows // scale.numel(), per_level[0]
+    points = per_level[0] if len(set(per_level)) == 1 else per_level
+    return rows // scale.numel(), points
 
 
 def _resnet_vd(state: dict[str, torch.Tensor]) -> tuple[str, tuple[int, ...]]:

@@ -156,7 +156,7 @@ def official_to_ours(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 
 def ours_to_official(
     state: dict[str, torch.Tensor],
-    num_points: int = 4,
+    num_points: int | list[int] = 4,
     eval_size: tuple[int, int] | None = (640, 640),
 ) -> dict[str, torch.Tensor]:
     """Our RT-DETRv2 state dict under the official names, with the official constants:
@@ -180,8 +180,10 @@ def ours_to_official(
         official[f"{prefix}in_proj_{kind}"] = torch.cat([parts[p] for p in "qkv"])
     levels = len({m[1] for k in state if (m := re.match(r"^decoder_proj\.(\d+)\.", k))})
     layers = {m[1] for k in state if (m := re.match(r"^decoder\.layers\.(\d+)\.", k))}
+    points = [num_points] * levels if isinstance(num_points, int) else num_points
+    scale = torch.cat([torch.full((p,), 1 / p) for p in points])
     for i in layers:
-        official[POINTS_SCALE.format(i=i)] = torch.full((levels * num_points,), 1 / num_points)
+        official[POINTS_SCALE.format(i=i)] = scale.clone()
     if eval_size is not None:
         height, width = eval_size
         shapes = [(int(height / s), int(width / s)) for s in FEATURE_STRIDES[:levels]]
