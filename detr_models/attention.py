@@ -51,6 +51,55 @@ class BlockDiagonal:
         return mask
 
 
+@dataclass(frozen=True)
+class DenoisingLayout:
+    """Self-attention of [denoising groups, main queries, extra groups...] without a mask:
+    `groups` denoising groups of `group_size` queries first, each seeing itself and the main
+    queries; then `sizes` (main, extra groups), each seeing only itself (DINO / RT-DETR with
+    distillation groups). Each part runs as its own unmasked attention, so SDPA keeps its
+    fast kernels; `dense()` is the equivalent mask."""
+
+    groups: int
+    group_size: int
+    sizes: tuple[int, ...]
+
+    def dense(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The equivalent [T,T] blocking mask (True = may not attend)."""
+        n, main = self.groups * self.group_size, self.sizes[0]
+        mask = torch.ones((n + sum(self.sizes),) * 2, dtype=torch.bool, device=device)
+        mask[n:, n:] = BlockDiagonal(self.sizes).dense(device)
+        group_of = torch.arange(n, device=device) // self.group_size
+        mask[:n, :n] = group_of[:, None] != group_of[None, :]
+        mask[:n, n : n + main] = False
+        return mask
+
+
+def _denoising_attention(q, k, v, layout: DenoisingLayout, dropout: float) -> torch.Tensor:
+    """Attention under a `DenoisingLayout`: q/k/v [B,h,T,d] -> [B,h,T,dv]."""
+    g, s, main = layout.groups, layout.group_size, layout.sizes[0]
+    n = g * s
+    rest = list(layout.sizes)
+    parts = [
+        F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout)
+        for qi, ki, vi in zip(
+            q[:, :, n:].split(rest, 2),
+            k[:, :, n:].split(rest, 2),
+            v[:, :, n:].split(rest, 2),
+            strict=True,
+        )
+    ]
+
+    def with_main(x: torch.Tensor) -> torch.Tensor:  # [B,h,G,S+main,d]: own group, then main
+        own = x[:, :, :n].unflatten(2, (g, s))
+        shared = x[:, :, n : n + main, None].transpose(2, 3).expand(-1, -1, g, -1, -1)
+        return torch.cat((own, shared), 3)
+
+    denoised = F.scaled_dot_product_attention(
+        q[:, :, :n].unflatten(2, (g, s)), with_main(k), with_main(v), dropout_p=dropout
+    )  # [B,h,G,S,dv]
+    return torch.cat([denoised.flatten(2, 3), *parts], 2)
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over pre-projected q, k, v, with an output projection."""
 
@@ -68,18 +117,23 @@ class MultiHeadAttention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | BlockDiagonal | None = None,
+        attn_mask: torch.Tensor | BlockDiagonal | DenoisingLayout | None = None,
     ) -> torch.Tensor:
         """q [B,Lq,Dqk], k [B,Lk,Dqk], v [B,Lk,D] -> [B,Lq,D]; Dqk may differ from D.
 
-        `attn_mask` is a [Lq,Lk] blocking mask or, for self-attention, a `BlockDiagonal`."""
+        `attn_mask` is a [Lq,Lk] blocking mask or, for self-attention, a `BlockDiagonal` or a
+        `DenoisingLayout` (no key padding with those)."""
         b, lq, _ = q.shape
         h = self.num_heads
         q = q.view(b, lq, h, -1).transpose(1, 2)  # [B,h,Lq,dqk]
         k = k.view(b, k.shape[1], h, -1).transpose(1, 2)  # [B,h,Lk,dqk]
         v = v.view(b, v.shape[1], h, -1).transpose(1, 2)  # [B,h,Lk,dv]
         dropout = self.dropout if self.training else 0.0
-        if isinstance(attn_mask, BlockDiagonal):
+        if isinstance(attn_mask, DenoisingLayout):
+            if key_padding_mask is not None:
+                raise ValueError("a DenoisingLayout takes no key padding mask")
+            out = _denoising_attention(q, k, v, attn_mask, dropout)
+        elif isinstance(attn_mask, BlockDiagonal):
             sizes = list(attn_mask.sizes)
             pads = (
                 key_padding_mask.split(sizes, 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_models.attention import BlockDiagonal
+from detr_models.attention import BlockDiagonal, DenoisingLayout
 from detr_models.denoising import DenoisingGroup, make_denoising_group
 
 
@@ -49,21 +49,13 @@ class DenoisingQueries(nn.Module):
 
 
 def self_attention_mask(
-    group: DenoisingGroup | None, sizes: tuple[int, ...], device: torch.device
-) -> torch.Tensor | BlockDiagonal | None:
-    """The decoder's self-attention mask for [denoising, main, extra groups...] queries:
+    group: DenoisingGroup | None, sizes: tuple[int, ...]
+) -> BlockDiagonal | DenoisingLayout | None:
+    """The decoder's self-attention layout for [denoising, main, extra groups...] queries:
     `sizes` are the main queries' and each extra group's counts. Without denoising, extra
-    groups are a `BlockDiagonal`; with it, a dense [T,T] mask (True = blocked) where the
-    denoising queries see only their own group and the main queries, and the extra groups
-    only themselves."""
+    groups are a `BlockDiagonal`; with it a `DenoisingLayout`: each denoising group sees
+    itself and the main queries, the main queries and each extra group only themselves (the
+    same as `group.attn_mask` on the denoising and main part)."""
     if group is None:
         return BlockDiagonal(sizes) if len(sizes) > 1 else None
-    n, main = group.num_denoising, sizes[0]
-    total = n + sum(sizes)
-    mask = torch.ones((total, total), dtype=torch.bool, device=device)
-    mask[: n + main, : n + main] = group.attn_mask.to(device)
-    start = n + main
-    for size in sizes[1:]:
-        mask[start : start + size, start : start + size] = False
-        start += size
-    return mask
+    return DenoisingLayout(group.num_groups, group.group_size, sizes)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from detr_models.attention import BlockDiagonal
+from detr_models.attention import BlockDiagonal, DenoisingLayout
 from detr_models.denoising import DenoisingGroup
 from detr_models.denoising_queries import DenoisingQueries, self_attention_mask
 from detr_models.output import QueryGroup, StageOutputs
@@ -21,7 +21,7 @@ class QuerySets:
 
     content: torch.Tensor
     position: torch.Tensor
-    attn_mask: torch.Tensor | BlockDiagonal | None
+    attn_mask: BlockDiagonal | DenoisingLayout | None
     sizes: list[int]
     names: list[str]
     denoising: DenoisingGroup | None
@@ -76,7 +76,7 @@ def gather_queries(
     return QuerySets(
         torch.cat([c for c, _ in parts], 1),
         torch.cat([p for _, p in parts], 1),
-        self_attention_mask(group, tuple(sizes), content.device),
+        self_attention_mask(group, tuple(sizes)),
         sizes,
         names,
         group,

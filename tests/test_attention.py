@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detr_models.attention import BlockDiagonal, MultiHeadAttention
+from detr_models.attention import BlockDiagonal, DenoisingLayout, MultiHeadAttention
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -35,3 +35,32 @@ def test_dense_mask_layout():
     mask = BlockDiagonal((2, 1)).dense()
     expected = torch.tensor([[False, False, True], [False, False, True], [True, True, False]])
     assert torch.equal(mask, expected)
+
+
+def test_the_denoising_layout_is_its_dense_mask_without_one():
+    """Denoising groups (3 of 4) see themselves and the 5 main queries; main and an extra
+    group of 2 see only themselves: computed part by part, the same as under the dense mask."""
+    torch.manual_seed(0)
+    layout = DenoisingLayout(groups=3, group_size=4, sizes=(5, 2))
+    attn = MultiHeadAttention(16, 4)
+    q, k, v = (torch.randn(2, 19, 16) for _ in range(3))
+    dense = layout.dense()
+    assert dense.shape == (19, 19)
+    assert not dense[0, 3] and dense[0, 4] and not dense[0, 12] and dense[0, 17]  # group 0
+    assert dense[12, 0] and not dense[12, 16] and dense[17, 12] and not dense[18, 17]
+    assert torch.allclose(
+        attn(q, k, v, attn_mask=layout), attn(q, k, v, attn_mask=dense), atol=1e-6
+    )
+
+
+def test_the_denoising_layout_agrees_with_the_denoising_groups_own_mask():
+    from detr_models.denoising import make_denoising_group
+    from detr_models.denoising_queries import self_attention_mask
+
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2)}]
+    group = make_denoising_group(
+        targets, torch.nn.Embedding(4, 8), 3, num_queries=6, num_denoising=8
+    )
+    layout = self_attention_mask(group, (6, 3))
+    n = group.num_denoising
+    assert torch.equal(layout.dense()[: n + 6, : n + 6], group.attn_mask)
