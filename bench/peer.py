@@ -186,7 +186,8 @@ def main() -> None:
                 f"{evaluate:.2f}",
             )
         )
-        where = f"{arch} R-50, batch {args.batch} at {args.size} px, CPU"
+        depth = "R-18" if arch == "rtdetr_v2" else "R-50"
+        where = f"{arch} {depth}, batch {args.batch} at {args.size} px, CPU"
         targets.append(
             target_row(
                 f"training step <= {TRAIN_TARGET}x transformers', {where}",
