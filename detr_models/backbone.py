@@ -27,7 +27,7 @@ RESNET_CHANNELS = {
 }
 
 
-def _check_levels(levels: Sequence[str]) -> list[str]:
+def check_levels(levels: Sequence[str]) -> list[str]:
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels:
         raise ValueError(
@@ -70,7 +70,7 @@ class ResNetBackbone(StagedBackbone):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNETS)}")
-        self.levels = _check_levels(levels)
+        self.levels = check_levels(levels)
         net = RESNETS[name](weights=None, norm_layer=FrozenBatchNorm2d)
         if weights is not None:
             load_backbone_weights(net, weights, name)
@@ -139,7 +139,7 @@ class TinyBackbone(StagedBackbone):
 
     def __init__(self, levels: Sequence[str] = ("C5",), width: int = 32) -> None:
         super().__init__()
-        self.levels = _check_levels(levels)
+        self.levels = check_levels(levels)
         widths = [width, width * 2, width * 4, width * 8]
         self.stem = nn.Sequential(_conv_block(3, width // 2, 2), _conv_block(width // 2, width, 2))
         self.stages = nn.ModuleList(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from detr_models.backbone import STRIDES, StagedBackbone, _check_levels
+from detr_models.backbone import STRIDES, StagedBackbone, check_levels
 
 # depth -> (block type, blocks per stage); the four published RT-DETR backbones
 RESNET_VD_LAYOUTS = {
@@ -109,7 +109,7 @@ class ResNetVd(StagedBackbone):
             raise ValueError(
                 f"ResNet-vd depth must be one of {sorted(RESNET_VD_LAYOUTS)}, got {depth}"
             )
-        self.levels = _check_levels(levels)
+        self.levels = check_levels(levels)
         block_type, blocks = RESNET_VD_LAYOUTS[depth]
         block = BasicBlock if block_type == "basic" else BottleneckBlock
         widths = STAGE_WIDTHS[block_type]
