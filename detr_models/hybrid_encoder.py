@@ -4,6 +4,8 @@ and a bottom-up PAN of CSP blocks made of RepVGG units)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,10 @@ class CspRep(nn.Module):
         return self.out(self.blocks(self.branch1(x)) + self.branch2(x))
 
 
+@functools.lru_cache(maxsize=32)
 def sincos_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """[H*W, dim] row-major: sin(y w), cos(y w), sin(x w), cos(x w) blocks over integer pixel
-    indices, w = temperature^(-i / (dim/4)) (computed in float64)."""
+    indices, w = temperature^(-i / (dim/4)) (computed in float64; cached, not to be modified)."""
     quarter = dim // 4
     omega = temperature ** -(torch.arange(quarter, dtype=torch.float64) / quarter)
     ys, xs = torch.meshgrid(

@@ -3,6 +3,8 @@ encoder tokens -> deformable decoder with box refinement, under the `DetrOutput`
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -15,12 +17,14 @@ from detr_models.query_sets import gather_queries, group_tensors
 from detr_models.rtdetr_decoder import RtDetrDecoder
 
 
+@functools.lru_cache(maxsize=32)
 def grid_anchors(
-    spatial_shapes: list[tuple[int, int]], device, dtype
+    spatial_shapes: tuple[tuple[int, int], ...], device, dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One anchor per token: its pixel centre and a size of 0.05 * 2^level, in logit space
     [1,S,4]; anchors near the border (a coordinate outside (0.01, 0.99)) are unusable [1,S,1]
-    and hold the dtype's largest value, as the reference does."""
+    and hold the dtype's largest value, as the reference does. Cached per shapes, device and
+    dtype (constants: callers must not modify them)."""
     boxes = []
     for level, (h, w) in enumerate(spatial_shapes):
         ys, xs = torch.meshgrid(
@@ -48,7 +52,7 @@ class QuerySelection(nn.Module):
         self.box_head = MLP(dim, dim, 4, 3)
 
     def forward(self, memory: torch.Tensor, shapes: list[tuple[int, int]], k: int):
-        anchors, usable = grid_anchors(shapes, memory.device, memory.dtype)
+        anchors, usable = grid_anchors(tuple(shapes), memory.device, memory.dtype)
         tokens = self.memory_norm(self.memory_proj(memory * usable.to(memory.dtype)))
         logits = self.class_head(tokens)  # [B,S,C]
         unact = self.box_head(tokens) + anchors  # [B,S,4]

@@ -187,7 +187,7 @@ def ours_to_official(
     if eval_size is not None:
         height, width = eval_size
         shapes = [(int(height / s), int(width / s)) for s in FEATURE_STRIDES[:levels]]
-        logit, usable = grid_anchors(shapes, torch.device("cpu"), torch.float32)
+        logit, usable = grid_anchors(tuple(shapes), torch.device("cpu"), torch.float32)
         official["decoder.anchors"] = logit.masked_fill(~usable, torch.inf)  # [1,S,4]
-        official["decoder.valid_mask"] = usable  # [1,S,1]
+        official["decoder.valid_mask"] = usable.clone()  # [1,S,1]
     return official
