@@ -21,6 +21,7 @@ from detr_models.output import DetrOutput, QueryGroup
 from distill.config import DETRDistillConfig
 from distill.contrastive import contrastive_query_loss
 from distill.feature_distill import FeatureAdapter, feature_distillation_loss, target_aware_mask
+from distill.hf_teacher import TeacherProfile
 from distill.logits_distill import logits_distillation_loss
 from distill.objective import Diagnostics, Losses, Progress, TrainingObjective
 from distill.query_prior import GROUP_NAME, QueryTranslator, teacher_assignments
@@ -42,12 +43,15 @@ class DETRDistill(TrainingObjective):
     def __init__(
         self,
         teacher: nn.Module,
-        teacher_config: ModelConfig,
+        teacher_config: ModelConfig | TeacherProfile,
         student_config: ModelConfig,
         criterion: SetCriterion,
         config: DETRDistillConfig,
+        teacher_classes: list[int] | None = None,
     ) -> None:
         super().__init__(criterion)
+        # the classes the teacher knows; the others get no logits distillation
+        self.teacher_classes = teacher_classes
         teacher.eval().requires_grad_(False)
         self.teacher = [teacher]  # a list hides it from .parameters() and .state_dict()
         self.config = config
@@ -151,13 +155,17 @@ class DETRDistill(TrainingObjective):
         cfg = self.config.logits
         weights = stage_weights(cfg.stage_weights, self.student_stages)
         losses, scores = {}, []
+        s_logits, t_logits = s_out.logits, t_out.logits
+        if self.teacher_classes is not None:
+            s_logits = s_logits[..., self.teacher_classes]
+            t_logits = t_logits[..., self.teacher_classes]
         for k, t in enumerate(self.stage_map):
             if weights[k] == 0:
                 continue
             terms, indices = logits_distillation_loss(
-                s_out.logits[k],
+                s_logits[k],
                 s_out.boxes[k],
-                t_out.logits[t],
+                t_logits[t],
                 t_out.boxes[t],
                 weight_class=cfg.cls,
                 weight_bbox=cfg.bbox,

@@ -14,6 +14,7 @@ from distill.combined import CombinedDistill
 from distill.config import CombinedConfig, DETRDistillConfig, NoDistillConfig, ODDETRConfig
 from distill.detrdistill import DETRDistill
 from distill.ema import EmaTeacher
+from distill.hf_teacher import TeacherProfile
 from distill.objective import DetectionObjective, TrainingObjective
 from distill.od_detr import ODDETR
 
@@ -28,10 +29,13 @@ class Student:
 
 @dataclass
 class Teacher:
-    """A trained, frozen detector with its config (already on the student's device)."""
+    """A trained, frozen detector (already on the student's device) with its config, or the
+    `TeacherProfile` of a Hugging Face one; `classes`: the dataset classes it has a counterpart
+    for (None: all)."""
 
     model: nn.Module
-    config: ModelConfig
+    config: ModelConfig | TeacherProfile
+    classes: list[int] | None = None
 
 
 def _none(
@@ -47,7 +51,9 @@ def _none(
 def _detrdistill(
     config: DETRDistillConfig, criterion: SetCriterion, student: Student, teacher: Teacher
 ) -> DETRDistill:
-    return DETRDistill(teacher.model, teacher.config, student.config, criterion, config)
+    return DETRDistill(
+        teacher.model, teacher.config, student.config, criterion, config, teacher.classes
+    )
 
 
 def _od_detr(config: ODDETRConfig, criterion: SetCriterion, student: Student, teacher) -> ODDETR:

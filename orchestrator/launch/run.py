@@ -24,10 +24,11 @@ from orchestrator.launch.session import ACTIVE_RUNS, init_ray, shutdown_local_ra
 from orchestrator.launch.worker import build_trainer
 from orchestrator.spec.params import flatten_params, spec_to_yaml
 from orchestrator.spec.paths import name_problem
-from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.sections import ExperimentSpec, HfTeacherSpec, TeacherSpec
 from orchestrator.training import checkpoints
 from orchestrator.training.assemble import load_teacher_model
 from orchestrator.training.fit import FAULT_ENV
+from orchestrator.training.hf_teacher_source import load_hf_teacher
 from orchestrator.training.model_source import check_source_syntax
 
 logger = logging.getLogger("detrdistill")
@@ -65,7 +66,9 @@ def preflight(spec: ExperimentSpec) -> int:
             f"student.num_classes: {spec.student.num_classes} but the dataset has {k} classes; "
             "set it to match or leave it out"
         )
-    if spec.teacher is not None:
+    if isinstance(spec.teacher, HfTeacherSpec):
+        load_hf_teacher(spec, train_set.class_names, report=True)  # loads, classes map, terms run
+    elif spec.teacher is not None:
         problem = check_source_syntax(spec.teacher.weights)
         if problem:
             raise UserInputError(f"teacher.weights: {problem}")
@@ -98,7 +101,7 @@ def pin_teacher(spec: ExperimentSpec, recorded: str | None = None) -> Experiment
     """The spec with a registered teacher fixed to one version (`models:/name/latest` or an
     alias resolved now; `recorded`, the version a resumed run started with, wins), so that a
     later registration under that name never swaps the teacher. Logged for the user."""
-    if spec.teacher is None or not spec.teacher.weights.startswith("models:/"):
+    if not isinstance(spec.teacher, TeacherSpec) or not spec.teacher.weights.startswith("models:/"):
         return spec
     source = spec.teacher.weights
     if recorded is not None and recorded.startswith("models:/"):
@@ -174,7 +177,7 @@ def run_experiment(
     run_logger = tracking.RunLogger(uri, run_id)
     ACTIVE_RUNS.append(run_logger)
     if not resumed:
-        run_logger.tags({"teacher": spec.teacher.weights if spec.teacher else "none"})
+        run_logger.tags({"teacher": spec.teacher.source if spec.teacher else "none"})
         run_logger.text(spec_to_yaml(spec), "spec.yaml")
         run_logger.params(flatten_params(spec))
     logger.info(

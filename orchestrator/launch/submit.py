@@ -108,13 +108,15 @@ class Client:
 def package(spec: ExperimentSpec, spec_file: Path) -> Path:
     """A working directory with the spec and the local teacher weights file it names."""
     folder = Path(tempfile.mkdtemp(prefix="detrdistill-job-"))
-    if spec.teacher is not None and "://" not in spec.teacher.weights:
-        weights = Path(spec.teacher.weights)
+    if spec.teacher is not None and "://" not in spec.teacher.source:
+        weights = Path(spec.teacher.source)
         local = weights if weights.is_absolute() else spec_file.parent / weights
         if not weights.is_absolute() and local.is_file():
             target = folder / weights
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(local, target)
+        elif not weights.is_absolute() and local.is_dir():  # a Hugging Face teacher's folder
+            shutil.copytree(local, folder / weights)
     (folder / "spec.yaml").write_text(spec_to_yaml(spec))
     return folder
 

@@ -46,14 +46,18 @@ def resolve_paths(spec: ExperimentSpec, base_dir: str | Path) -> ExperimentSpec:
     else:
         for name in ("train_images", "train_annotations", "val_images", "val_annotations"):
             setattr(source, name, _absolute(getattr(source, name), base))
-    models = [resolved.student] + ([resolved.teacher.model] if resolved.teacher else [])
+    teacher = resolved.teacher
+    native = teacher if teacher is not None and hasattr(teacher, "weights") else None
+    models = [resolved.student] + ([native.model] if native else [])
     for model in models:
         if model.backbone_weights is not None and not is_uri(model.backbone_weights):
             model.backbone_weights = _absolute(model.backbone_weights, base)
     if resolved.student.weights is not None and not is_uri(resolved.student.weights):
         resolved.student.weights = _absolute(resolved.student.weights, base)
-    if resolved.teacher is not None and not is_uri(resolved.teacher.weights):
-        resolved.teacher.weights = _absolute(resolved.teacher.weights, base)
+    if native is not None and not is_uri(native.weights):
+        native.weights = _absolute(native.weights, base)
+    if teacher is not None and native is None and (base / teacher.hf).is_dir():
+        teacher.hf = _absolute(teacher.hf, base)  # a local folder; otherwise a Hub id
     uri = resolved.mlflow.tracking_uri
     resolved.mlflow.tracking_uri = (
         _absolute_tracking_uri(uri, base) if uri else default_tracking_uri(base)

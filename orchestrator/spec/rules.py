@@ -5,7 +5,7 @@ place on its YAML line."""
 from __future__ import annotations
 
 from distill.config import detrdistill_part, od_detr_part
-from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.sections import ExperimentSpec, TeacherSpec
 
 Problems = list[tuple[str, str]]
 
@@ -98,8 +98,8 @@ def _od_detr_stage_problems(spec: ExperimentSpec) -> Problems:
 
 def _detrdistill_problems(spec: ExperimentSpec) -> Problems:
     part = detrdistill_part(spec.distill)
-    if part is None or spec.teacher is None:
-        return []
+    if part is None or not isinstance(spec.teacher, TeacherSpec):
+        return []  # a Hugging Face teacher's levels and stages are checked when it loads
     where = _where(spec, part, "detrdistill")
     problems = []
     if part.feature.enabled:

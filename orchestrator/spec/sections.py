@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from detr_models.config import (
     AnyModelConfig,
@@ -132,6 +132,45 @@ class TeacherSpec(StrictConfig):
         "whose classes are a superset (e.g. COCO-80) is matched by name without it",
     )
 
+    @property
+    def source(self) -> str:
+        return self.weights
+
+
+class HfTeacherSpec(StrictConfig):
+    """Any Hugging Face DETR-family detector as a frozen teacher (`pip install 'detrdistill[hf]'`):
+    D-FINE, DEIMv2, RT-DETR(v2), LW-DETR, RF-DETR, Deformable / Conditional / DAB-DETR, DETR."""
+
+    hf: str = Field(
+        min_length=1,
+        description="a local model folder (config.json + *.safetensors) or <org>/<name>[@revision] "
+        "on the Hub",
+    )
+    classes: dict[str, str] | None = Field(
+        None,
+        description="dataset class name -> teacher class name, where names differ; other classes "
+        "match by name, and those without a teacher counterpart get no logits distillation",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast for the teacher's forward only, on GPUs (ignored on CPU)"
+    )
+
+    @property
+    def source(self) -> str:
+        return self.hf
+
+
+def _teacher_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "hf" if "hf" in value else "native"
+    return "hf" if isinstance(value, HfTeacherSpec) else "native"
+
+
+AnyTeacherSpec = Annotated[
+    Annotated[TeacherSpec, Tag("native")] | Annotated[HfTeacherSpec, Tag("hf")],
+    Discriminator(_teacher_kind),
+]
+
 
 # ----------------------------------------------------------------------------- training
 class OptimSpec(StrictConfig):
@@ -200,7 +239,9 @@ class ExperimentSpec(StrictConfig):
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     student: AnyModelConfig
-    teacher: TeacherSpec | None = None
+    teacher: AnyTeacherSpec | None = Field(
+        None, description="{model, weights}: a native detector; {hf: ...}: a Hugging Face one"
+    )
     distill: DistillConfig = Field(default_factory=NoDistillConfig)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)

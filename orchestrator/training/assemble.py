@@ -29,7 +29,8 @@ from orchestrator.data.dataset import CocoDetection
 from orchestrator.data.loader import build_loader, collate_detection
 from orchestrator.evaluation.coco import CocoEvaluator
 from orchestrator.evaluation.stability import MatchingStability
-from orchestrator.spec.sections import ExperimentSpec
+from orchestrator.spec.sections import ExperimentSpec, HfTeacherSpec
+from orchestrator.training.hf_teacher_source import load_hf_teacher
 from orchestrator.training.model_source import init_weights, load_model
 from orchestrator.training.optim import build_optimizer, build_scheduler
 from orchestrator.training.teacher_classes import teacher_class_index
@@ -146,6 +147,9 @@ def load_teacher(
     `teacher.class_map`) when it has others, or None when the method needs none."""
     if spec.teacher is None or not spec.distill.needs_teacher:
         return None
+    if isinstance(spec.teacher, HfTeacherSpec):
+        adapter = load_hf_teacher(spec, class_names)
+        return Teacher(adapter.to(device), adapter.profile, adapter.covered)
     model, config = load_teacher_model(spec, class_names)
     return Teacher(model.to(device), config)
 

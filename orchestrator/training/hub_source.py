@@ -37,7 +37,7 @@ def _download(repo: str) -> Path:
             snapshot_download(
                 repo_id,
                 revision=revision or None,
-                allow_patterns=["config.json", "*.safetensors"],
+                allow_patterns=["config.json", "preprocessor_config.json", "*.safetensors"],
             )
         )
     except Exception as err:
