@@ -60,8 +60,8 @@ class Family:
     layers: Callable[[nn.Module], list[nn.Module]] | None  # decoder layers hooked, if needed
     query_kind: Callable[[Any], str]  # from the HF config: "position" or "anchor"
     normalise: bool  # whether its image processor normalises by default (else [0, 1] pixels)
-    unit: Callable[[Any], int] | None = None  # image sides must be multiples of unit(config)
-    square: bool = False  # the model reads only square images correctly
+    unit: Callable[[Any], int] | None = None  # it reads sides that are multiples of unit(config)
+    square: bool = False  # it reads only square images correctly
     provides: frozenset[str] = frozenset({STAGES, FEATURES, QUERIES})
 
 
@@ -256,6 +256,7 @@ FAMILIES = (
         None,
         lambda c: "anchor",
         normalise=False,
+        unit=lambda c: 32,  # its FPN upsamples by 2 and concatenates
     ),
     Family(
         "d_fine",
@@ -266,6 +267,7 @@ FAMILIES = (
         None,
         lambda c: "anchor",
         normalise=False,
+        unit=lambda c: 32,
     ),
     Family(
         "lw_detr",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detr_models.backbone import downsample_mask
@@ -219,8 +220,9 @@ class HfTeacher(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: torch.Tensor, pixel_mask: torch.Tensor) -> DetrOutput:
-        self._check_size(*images.shape[-2:])
+        height, width = images.shape[-2:]
         pixels = ((images * self.in_std + self.in_mean) - self.out_mean) / self.out_std
+        pixels, padded_mask = self._pad(pixels, pixel_mask)
         captured = self.captured = Captured()
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         try:
@@ -230,33 +232,46 @@ class HfTeacher(nn.Module):
                     "cuda", dtype=half or torch.float32, enabled=bool(half) and images.is_cuda
                 ),
             ):
-                out = self.family.run(self.model, pixels, (~pixel_mask).long())
+                out = self.family.run(self.model, pixels, (~padded_mask).long())
                 stages = self.family.read(self.model, out, captured)
         finally:
             self.captured = None
         features = [m.float() for _, m in sorted(captured.maps, key=lambda pair: pair[0])]
+        # back to the batch's own canvas: boxes rescaled, maps cropped to its extent
+        scale = pixels.new_tensor([pixels.shape[-1] / width, pixels.shape[-2] / height] * 2)
+        position = stages.init_position.float()
+        if position.shape[-1] == 4:
+            position = position * scale
+        if pixels.shape[-2:] != (height, width):
+            features = [
+                _crop(f, height / pixels.shape[-2], width / pixels.shape[-1]) for f in features
+            ]
         return DetrOutput(
             logits=self._dataset_logits(stages.logits.float()),
-            boxes=stages.boxes.float(),
+            boxes=stages.boxes.float() * scale,
             hidden=stages.hidden.float(),
             references=None,
             init_content=stages.init_content.float(),
-            init_position=stages.init_position.float(),
+            init_position=position,
             features=features,
             feature_masks=[downsample_mask(pixel_mask, f.shape[-2:]) for f in features],
         )
 
-    def _check_size(self, height: int, width: int) -> None:
+    def _pad(
+        self, pixels: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-pad right and bottom to the sides the model reads (multiples of its unit, square
+        where it needs it); the padding is marked in the mask."""
         family = self.family
         unit = family.unit(self.model.config) if family.unit else 1
-        if height % unit or width % unit or (family.square and height != width):
-            shape = "square images" if family.square else "images"
-            raise TeacherUnavailable(
-                f"teacher {type(self.model).__name__} reads only {shape} whose sides are "
-                f"multiples of {unit}; got a {height}x{width} batch. Train at such sizes "
-                "(data.augment: rtdetr with data.rtdetr sizes that are multiples of "
-                f"{unit}, eval_size likewise)"
-            )
+        height, width = pixels.shape[-2:]
+        new_h, new_w = math.ceil(height / unit) * unit, math.ceil(width / unit) * unit
+        if family.square:
+            new_h = new_w = max(new_h, new_w)
+        if (new_h, new_w) == (height, width):
+            return pixels, pixel_mask
+        pad = (0, new_w - width, 0, new_h - height)
+        return F.pad(pixels, pad), F.pad(pixel_mask, pad, value=True)
 
     def _dataset_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.class_index is None:
@@ -267,3 +282,10 @@ class HfTeacher(nn.Module):
         mapped = logits.index_select(-1, index)
         absent = torch.tensor([t is None for t in self.class_index], device=logits.device)
         return mapped.masked_fill(absent, ABSENT_LOGIT)
+
+
+def _crop(feature: torch.Tensor, keep_h: float, keep_w: float) -> torch.Tensor:
+    """The part of a map [B,D,H,W] that covers the leading fractions of the padded canvas."""
+    height = math.ceil(keep_h * feature.shape[-2])
+    width = math.ceil(keep_w * feature.shape[-1])
+    return feature[..., :height, :width]

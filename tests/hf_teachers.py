@@ -62,7 +62,7 @@ def _lw_rf(kind: str):
         decoder_cross_attention_heads=4,
         decoder_ffn_dim=128,
         decoder_n_points=2,
-        num_queries=20,
+        num_queries=12,  # at most the tokens of a 64 px image (RF-DETR: 4 x 4 at stride 16)
         group_detr=2,
         hidden_expansion=0.5,
         c2f_num_blocks=1,

@@ -208,3 +208,25 @@ def test_distillation_runs_under_bf16_autocast(batch):
     loss = total(losses)
     assert torch.isfinite(loss) and any(k.startswith("enc_") for k in losses)
     loss.backward()
+
+
+def test_classes_without_a_teacher_counterpart_get_no_logits_distillation(batch):
+    """With teacher_classes [0, 1], the logits term neither reads nor trains class 2."""
+    torch.manual_seed(0)
+    cfg = tiny_config("detr", levels=["C4", "C5"])
+    teacher, student = build_model(cfg), build_model(cfg)
+    config = DETRDistillConfig(feature={"enabled": False}, query_prior={"enabled": False})
+    objective = DETRDistill(
+        teacher, cfg, cfg, SetCriterion(3, HungarianMatcher()), config, teacher_classes=[0, 1]
+    )
+    s_out = student(batch.images, batch.pixel_mask)
+    s_out.logits.retain_grad()
+    losses, _ = objective.distill_losses(s_out, objective.prepare(batch, PROGRESS)[0], batch)
+    total(losses).backward()
+    grad = s_out.logits.grad
+    assert grad[..., 2].abs().max() == 0 and grad[..., :2].abs().max() > 0
+    # the teacher's class-2 scores do not change the loss either
+    state = objective.prepare(batch, PROGRESS)[0]
+    state.output.logits[..., 2] += 10.0
+    again, _ = objective.distill_losses(s_out, state, batch)
+    assert float(total(again)) == pytest.approx(float(total(losses)), abs=1e-5)

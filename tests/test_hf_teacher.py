@@ -126,11 +126,33 @@ def test_the_teacher_stays_frozen_in_train_mode(folders):
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_sizes_the_model_cannot_read_are_refused(folders):
-    teacher = _adapter(folders["rf_detr"])
+@pytest.mark.parametrize("kind", ["rtdetr_v2", "d_fine", "lw_detr", "rf_detr"])
+def test_sizes_the_model_cannot_read_are_padded_and_answers_mapped_back(kind, folders):
+    """A 112x80 batch reaches the model padded (to multiples of 32; square for RF-DETR): the
+    answers equal those on the batch padded by hand, boxes rescaled to the batch's canvas, maps
+    cropped to it."""
+    teacher = _adapter(folders[kind])
     images, mask = _padded_batch()
-    with pytest.raises(TeacherUnavailable, match="square images whose sides are multiples of 32"):
-        teacher(images[..., :96], mask[..., :96])
+    small, small_mask = images[..., :112, :80], mask[..., :112, :80]
+    out = teacher(small, small_mask)
+    side = (128, 128) if kind == "rf_detr" else (128, 96)
+    # padded with zeros in the model's own input space, as HF image processors pad
+    by_hand = torch.zeros(2, 3, *side)
+    unit = small * teacher.in_std + teacher.in_mean
+    by_hand[..., :112, :80] = (unit - teacher.out_mean) / teacher.out_std
+    by_hand = (by_hand * teacher.out_std + teacher.out_mean - teacher.in_mean) / teacher.in_std
+    hand_mask = torch.ones(2, *side, dtype=torch.bool)
+    hand_mask[..., :112, :80] = small_mask
+    reference = teacher(by_hand, hand_mask)
+    scale = torch.tensor([side[1] / 80, side[0] / 112] * 2)
+    torch.testing.assert_close(out.logits, reference.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.boxes, reference.boxes * scale, atol=1e-5, rtol=1e-4)
+    for mine, theirs, stride in zip(
+        out.features, reference.features, teacher.profile.feature_strides, strict=True
+    ):
+        assert mine.shape[-2:] == (-(-112 // stride), -(-80 // stride))
+        cropped = theirs[..., : mine.shape[-2], : mine.shape[-1]]
+        torch.testing.assert_close(mine, cropped, atol=1e-4, rtol=1e-4)
 
 
 def test_an_unsupported_class_names_the_supported_ones(tmp_path, folders):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Tag
 from pydantic.fields import FieldInfo
 
 
@@ -42,6 +42,16 @@ def _unwrap(annotation: Any) -> tuple[list[Any], str | None]:
             return [annotation], discriminator
 
 
+def _tagged(members: list[Any]) -> dict[str, Any]:
+    """{tag: type} of union members written `Annotated[Model, Tag(tag)]`."""
+    tags = {}
+    for member in members:
+        if typing.get_origin(member) is typing.Annotated:
+            inner, *metadata = typing.get_args(member)
+            tags.update({item.tag: inner for item in metadata if isinstance(item, Tag)})
+    return tags if len(tags) == len(members) else {}
+
+
 def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
@@ -57,6 +67,13 @@ def follow(loc: Sequence[str | int], data: Any, root: type[BaseModel]) -> Locate
         members, inner = _unwrap(annotation)
         discriminator = inner or discriminator
         current = members[0] if len(members) == 1 else None
+        tagged = _tagged(members)
+        if tagged:  # a union chosen by a function (the teacher): pydantic adds the tag to loc
+            step = loc[i] if i < len(loc) else None
+            if not (isinstance(step, str) and step in tagged):
+                return Located(path + list(loc[i:]), owner, None)
+            annotation, i = tagged[step], i + 1
+            continue
         models = [member for member in members if _is_model(member)]
         if models and discriminator:
             by_tag = {

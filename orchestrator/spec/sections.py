@@ -162,12 +162,12 @@ class HfTeacherSpec(StrictConfig):
 
 def _teacher_kind(value: object) -> str:
     if isinstance(value, dict):
-        return "hf" if "hf" in value else "native"
-    return "hf" if isinstance(value, HfTeacherSpec) else "native"
+        return "hf_teacher" if "hf" in value else "native_teacher"
+    return "hf_teacher" if isinstance(value, HfTeacherSpec) else "native_teacher"
 
 
 AnyTeacherSpec = Annotated[
-    Annotated[TeacherSpec, Tag("native")] | Annotated[HfTeacherSpec, Tag("hf")],
+    Annotated[TeacherSpec, Tag("native_teacher")] | Annotated[HfTeacherSpec, Tag("hf_teacher")],
     Discriminator(_teacher_kind),
 ]
 

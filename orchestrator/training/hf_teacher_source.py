@@ -26,7 +26,13 @@ def teacher_folder(source: str) -> Path:
         return Path(source)
     hub = source.removeprefix("hf:")
     if HUB_ID.fullmatch(hub):
-        return hub_folder(f"hf:{hub}")
+        try:
+            return hub_folder(f"hf:{hub}")
+        except UserInputError as err:
+            raise UserInputError(
+                f"teacher.hf: {source}: no such folder ({Path(source).absolute()}), and the Hub "
+                f"gives nothing either ({err})"
+            ) from None
     raise UserInputError(
         f"teacher.hf: {source} is neither a model folder nor a Hub id; give a folder written by "
         "save_pretrained (config.json + *.safetensors) or <org>/<name>[@revision]"
