@@ -56,7 +56,9 @@ def main() -> None:
     # D-FINE's image processor: [0, 1] pixels, no mean/std normalisation
     processor = {"do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False}
     (args.folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-    print(f"wrote a random-init DFineForObjectDetection ({len(args.classes)} classes) to {args.folder}")
+    print(
+        f"wrote a random-init DFineForObjectDetection ({len(args.classes)} classes) to {args.folder}"
+    )
 
 
 if __name__ == "__main__":
