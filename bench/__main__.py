@@ -18,7 +18,15 @@ from pathlib import Path
 
 from bench.common import RESULTS, ROOT, markdown_table
 
-BENCHMARKS = ("step_time", "matching", "orchestration", "memory", "realtime", "accuracy")
+BENCHMARKS = (
+    "step_time",
+    "matching",
+    "orchestration",
+    "memory",
+    "realtime",
+    "hf_teacher",
+    "accuracy",
+)
 # result files, in README order (CPU first, then a GPU run's)
 RESULT_FILES = (
     "step_time_cpu",
@@ -35,6 +43,7 @@ RESULT_FILES = (
     "realtime_cpu",
     "peer_cpu",
     "peer_cpu_rtdetr",
+    "hf_teacher",
     "accuracy",
     "accuracy_rtdetr",
 )
