@@ -188,3 +188,16 @@ def test_the_image_processor_config_decides_the_normalisation(tmp_path, folders)
         json.dumps({"do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5] * 3})
     )
     assert input_normalisation(tmp_path, family) == ((0.5,) * 3, (0.5,) * 3)
+
+
+def test_half_precision_applies_to_gpus_only(folders):
+    model, family = load_hf_model(folders["rtdetr_v2"])
+    images, mask = _padded_batch()
+    full = HfTeacher(model, family)(images, mask)
+    half = HfTeacher(model, family, precision="bf16")(images, mask)  # CPU: ignored
+    assert torch.equal(full.logits, half.logits) and torch.equal(full.boxes, half.boxes)
+    if torch.cuda.is_available():
+        teacher = HfTeacher(model, family, precision="bf16").cuda()
+        on_gpu = teacher(images.cuda(), mask.cuda())
+        assert on_gpu.logits.dtype == torch.float32  # handed on in float32
+        torch.testing.assert_close(on_gpu.boxes.cpu(), full.boxes, atol=5e-2, rtol=0)
