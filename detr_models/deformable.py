@@ -12,15 +12,20 @@ from torch import nn
 
 from detr_models.attention import SelfAttention
 from detr_models.box_ops import inverse_sigmoid
-from detr_models.deformable_attention import MultiScaleDeformableAttention, valid_ratios
+from detr_models.deformable_attention import (
+    MultiScaleDeformableAttention,
+    Shapes,
+    level_sizes,
+    valid_ratios,
+)
 from detr_models.layers import MLP, FeedForward, PerStage, ResidualNorm
 from detr_models.output import DecoderOutput
 from detr_models.position import sine_encode
 
 
-def level_valid_ratios(memory_mask: torch.Tensor, spatial_shapes: torch.Tensor) -> torch.Tensor:
+def level_valid_ratios(memory_mask: torch.Tensor, spatial_shapes: Shapes) -> torch.Tensor:
     """Flattened padding mask [B,S] -> valid (w, h) share of every level [B,L,2]."""
-    sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    sizes = level_sizes(spatial_shapes)
     masks = memory_mask.split([h * w for h, w in sizes], dim=1)
     return torch.stack(
         [
@@ -34,7 +39,7 @@ def level_valid_ratios(memory_mask: torch.Tensor, spatial_shapes: torch.Tensor) 
     )
 
 
-def encoder_reference_points(spatial_shapes: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
+def encoder_reference_points(spatial_shapes: Shapes, ratios: torch.Tensor) -> torch.Tensor:
     """Pixel centres of every level, normalised to the valid region, seen from every level.
 
     ratios [B,L,2] -> [B,S,L,2] (x, y).
@@ -43,10 +48,10 @@ def encoder_reference_points(spatial_shapes: torch.Tensor, ratios: torch.Tensor)
     return points[:, :, None] * ratios[:, None]  # [B,S,L,2]
 
 
-def valid_centres(spatial_shapes: torch.Tensor, ratios: torch.Tensor) -> list[torch.Tensor]:
+def valid_centres(spatial_shapes: Shapes, ratios: torch.Tensor) -> list[torch.Tensor]:
     """Per level, pixel centres (x, y) as a share of the level's valid region: [B,H_l*W_l,2]."""
     centres = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
+    for level, (h, w) in enumerate(level_sizes(spatial_shapes)):
         ys, xs = torch.meshgrid(
             torch.arange(h, device=ratios.device, dtype=ratios.dtype) + 0.5,
             torch.arange(w, device=ratios.device, dtype=ratios.dtype) + 0.5,

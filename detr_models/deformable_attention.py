@@ -19,12 +19,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+Shapes = torch.Tensor | list[tuple[int, int]]
 
-def _level_sizes(spatial_shapes: torch.Tensor, value: torch.Tensor) -> list[tuple[int, int]]:
-    """Check spatial_shapes [L,2] against value [B,S,...] and return [(H_l, W_l)] as ints."""
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        raise ValueError(f"spatial_shapes must be [L, 2], got {tuple(spatial_shapes.shape)}")
-    sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+
+def level_sizes(spatial_shapes: Shapes) -> list[tuple[int, int]]:
+    """[(H_l, W_l)] of a [L,2] tensor, or of a list of pairs as given. The models pass lists
+    built from their feature maps' shapes: under torch.export those sizes stay symbolic, which
+    a tensor's `.tolist()` cannot give."""
+    if isinstance(spatial_shapes, torch.Tensor):
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+            raise ValueError(f"spatial_shapes must be [L, 2], got {tuple(spatial_shapes.shape)}")
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(h, w) for h, w in spatial_shapes]
+
+
+def shapes_tensor(sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """[L,2] long (H_l, W_l) of level sizes (symbolic sizes stay symbolic under export)."""
+
+    def scalar(n: int) -> torch.Tensor:
+        return torch.full((), n, dtype=torch.long, device=device)
+
+    return torch.stack([torch.stack((scalar(h), scalar(w))) for h, w in sizes])
+
+
+def _level_sizes(spatial_shapes: Shapes, value: torch.Tensor) -> list[tuple[int, int]]:
+    """Check spatial_shapes against value [B,S,...] and return [(H_l, W_l)]."""
+    sizes = level_sizes(spatial_shapes)
     total = sum(h * w for h, w in sizes)
     if value.shape[1] != total:
         raise ValueError(
@@ -35,7 +55,7 @@ def _level_sizes(spatial_shapes: torch.Tensor, value: torch.Tensor) -> list[tupl
 
 def multi_scale_deformable_attention(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: Shapes,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
@@ -69,7 +89,7 @@ def multi_scale_deformable_attention(
 
 def ragged_deformable_attention(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: Shapes,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     points: list[int],
@@ -96,7 +116,7 @@ def ragged_deformable_attention(
 
 def naive_multi_scale_deformable_attention(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: Shapes,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
@@ -197,7 +217,7 @@ class MultiScaleDeformableAttention(nn.Module):
         query: torch.Tensor,
         reference_points: torch.Tensor,
         value: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: Shapes,
         padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from queries to the multi-level value map.
@@ -210,11 +230,9 @@ class MultiScaleDeformableAttention(nn.Module):
         h, lv, p = self.num_heads, self.num_levels, self.num_points
         if p is None:
             return self._ragged(query, reference_points, value, spatial_shapes, padding_mask)
-        if spatial_shapes.dim() != 2 or spatial_shapes.shape[0] != lv:
-            raise ValueError(
-                f"spatial_shapes must have {lv} rows (one per level), "
-                f"got shape {tuple(spatial_shapes.shape)}"
-            )
+        sizes = level_sizes(spatial_shapes)
+        if len(sizes) != lv:
+            raise ValueError(f"spatial_shapes must have {lv} rows (one per level), got {sizes}")
         if reference_points.dim() != 4 or reference_points.shape[2] != lv:
             raise ValueError(
                 f"reference_points must be [B, Q, {lv}, 2 or 4], "
@@ -233,7 +251,7 @@ class MultiScaleDeformableAttention(nn.Module):
         ref_dim = reference_points.shape[-1]
         if ref_dim == 2:
             # Offsets are in pixels of each level; divide by (W_l, H_l) to normalise them.
-            level_size = spatial_shapes.flip(-1).to(offsets.dtype)  # [L,2] as (W, H)
+            level_size = shapes_tensor(sizes, offsets.device).flip(-1).to(offsets.dtype)  # (W, H)
             ref = reference_points[:, :, None, :, None, :]  # [B,Q,1,L,1,2]
             locations = ref + offsets / level_size[None, None, None, :, None, :]
         elif ref_dim == 4:
@@ -247,7 +265,7 @@ class MultiScaleDeformableAttention(nn.Module):
                 f"got {ref_dim}"
             )  # locations: [B,Q,H,L,P,2]
 
-        out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
+        out = multi_scale_deformable_attention(value, sizes, locations, weights)
         return self.output_proj(out)
 
     def _ragged(
@@ -255,7 +273,7 @@ class MultiScaleDeformableAttention(nn.Module):
         query: torch.Tensor,
         reference_points: torch.Tensor,
         value: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: Shapes,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """The forward with a count of points per level: box references [B,Q,L,4] only; each of

@@ -11,6 +11,7 @@ from torch import nn
 
 from detr_models.backbone import downsample_mask
 from detr_models.box_ops import inverse_sigmoid
+from detr_models.deformable_attention import shapes_tensor
 from detr_models.denoising_queries import DenoisingQueries
 from detr_models.layers import MaskedGroupNorm
 from detr_models.output import DetrOutput, QueryGroup
@@ -136,9 +137,7 @@ class Detector(nn.Module):
                 pos = pos + self.level_embed[level]
             srcs.append(feature.flatten(2).transpose(1, 2))  # [B,HW,D]
             poss.append(pos)
-        shapes = torch.tensor(
-            [f.shape[-2:] for f in features], dtype=torch.long, device=pixel_mask.device
-        )
+        shapes = [tuple(f.shape[-2:]) for f in features]  # (H_l, W_l); see level_sizes
         src, pos = torch.cat(srcs, 1), torch.cat(poss, 1)  # [B,S,D]
         memory_mask = torch.cat([m.flatten(1) for m in masks], 1)  # [B,S]
         memory = self.encoder(src, pos, memory_mask, shapes)
@@ -209,7 +208,7 @@ class Detector(nn.Module):
             feature_masks=enc["feature_masks"],
             memory=enc["memory"],
             memory_mask=enc["memory_mask"],
-            spatial_shapes=enc["spatial_shapes"],
+            spatial_shapes=shapes_tensor(enc["spatial_shapes"], images.device),
             groups=groups,
             extras=extras,
             denoising=denoising,

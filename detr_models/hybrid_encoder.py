@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detr_models.encoder import EncoderLayer
+from detr_models.layers import cached
 
 
 class ConvNorm(nn.Sequential):
@@ -101,7 +102,7 @@ class HybridEncoder(nn.Module):
         """AIFI on one map [B,D,H,W]."""
         b, d, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # [B,HW,D]
-        pos = sincos_2d(h, w, d, self.temperature).to(x.device, x.dtype)[None]
+        pos = cached(sincos_2d)(h, w, d, self.temperature).to(x.device, x.dtype)[None]
         for layer in self.aifi:
             tokens = layer(tokens, pos, None)
         return tokens.transpose(1, 2).reshape(b, d, h, w)

@@ -106,3 +106,11 @@ class SoftmaxClassHead(nn.Module):
             log_p = log_p.index_select(-1, self.keep)
         log_p = log_p.clamp(max=-1e-7)
         return (log_p - torch.log(-torch.expm1(log_p))).to(x.dtype)
+
+
+def cached(function):
+    """`function` through its lru_cache, or around it while torch.export traces (sizes are
+    symbolic there, and a cache keyed by them would freeze one size into the graph)."""
+    if torch.compiler.is_exporting():
+        return function.__wrapped__
+    return function

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from detr_models.backbone import IMAGENET_MEAN, IMAGENET_STD, downsample_mask
+from detr_models.deformable_attention import shapes_tensor
 from detr_models.denoising_queries import DenoisingQueries
 from detr_models.hybrid_encoder import ConvNorm, HybridEncoder
-from detr_models.layers import MLP, PerStage
+from detr_models.layers import MLP, PerStage, cached
 from detr_models.output import DetrOutput, QueryGroup
 from detr_models.query_sets import gather_queries, group_tensors
 from detr_models.rtdetr_decoder import RtDetrDecoder
@@ -52,7 +53,7 @@ class QuerySelection(nn.Module):
         self.box_head = MLP(dim, dim, 4, 3)
 
     def forward(self, memory: torch.Tensor, shapes: list[tuple[int, int]], k: int):
-        anchors, usable = grid_anchors(tuple(shapes), memory.device, memory.dtype)
+        anchors, usable = cached(grid_anchors)(tuple(shapes), memory.device, memory.dtype)
         tokens = self.memory_norm(self.memory_proj(memory * usable.to(memory.dtype)))
         logits = self.class_head(tokens)  # [B,S,C]
         unact = self.box_head(tokens) + anchors  # [B,S,4]
@@ -128,7 +129,6 @@ class RtDetr(nn.Module):
         masks = [downsample_mask(pixel_mask, f.shape[-2:]) for f in features]
         shapes = [tuple(f.shape[-2:]) for f in features]
         memory = torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1)  # [B,S,D]
-        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=images.device)
         content, anchors, extras = self.proposals(memory, shapes, self.num_queries)
         training_dn = self.training and targets is not None
         sets = gather_queries(
@@ -137,7 +137,7 @@ class RtDetr(nn.Module):
             self.denoising if training_dn else None,
             targets,
         )
-        dec = self.decoder(sets.content, sets.position, memory, spatial_shapes, sets.attn_mask)
+        dec = self.decoder(sets.content, sets.position, memory, shapes, sets.attn_mask)
         logits = self.class_head(dec.hidden)  # [L,B,T,C]
         main, groups, denoising = sets.split(logits, dec.boxes, dec.hidden, dec.references)
         return DetrOutput(
@@ -146,7 +146,7 @@ class RtDetr(nn.Module):
             feature_masks=masks,
             memory=memory,
             memory_mask=torch.cat([m.flatten(1) for m in masks], 1),
-            spatial_shapes=spatial_shapes,
+            spatial_shapes=shapes_tensor(shapes, images.device),
             groups=groups,
             extras=extras,
             denoising=denoising,

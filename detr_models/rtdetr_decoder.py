@@ -8,6 +8,7 @@ from torch import nn
 
 from detr_models.box_ops import inverse_sigmoid
 from detr_models.deformable import DeformableDecoderLayer
+from detr_models.deformable_attention import level_sizes
 from detr_models.layers import MLP, PerStage
 from detr_models.output import DecoderOutput
 
@@ -36,7 +37,7 @@ class RtDetrDecoder(nn.Module):
     def forward(self, content, anchors, memory, spatial_shapes, self_attn_mask=None):
         out, ref = content, anchors
         ref_detached = anchors.detach()
-        levels = spatial_shapes.shape[0]
+        levels = len(level_sizes(spatial_shapes))
         hidden, boxes, references = [], [], []
         for i, layer in enumerate(self.layers):
             query_pos = self.query_pos_head(ref_detached)

@@ -12,6 +12,7 @@ import sys
 
 from orchestrator.cli.cluster_commands import add_cluster_commands
 from orchestrator.cli.data_commands import add_data_commands
+from orchestrator.cli.deploy_commands import add_deploy_commands
 from orchestrator.cli.model_commands import add_model_commands
 from orchestrator.cli.run_commands import add_run_commands
 from orchestrator.cli.spec_commands import add_spec_commands
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_commands(commands)
     add_run_commands(commands)
     add_model_commands(commands)
+    add_deploy_commands(commands)
     add_cluster_commands(commands)
     return parser
 

@@ -106,7 +106,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="models:/<name>/<version>, models:/<name>@<alias>, runs:/<id>/<path> or a file",
+        help="models:/<name>/<version>, models:/<name>@<alias>, runs:/<id>/<path>, a model file "
+        "or an exported .onnx file (run by onnxruntime)",
     )
     parser.add_argument(
         "--tracking-uri",

@@ -1,4 +1,5 @@
-"""Evaluate or run a trained model from any source (`models:/`, `runs:/`, a local file)."""
+"""Evaluate or run a trained model from any source (`models:/`, `runs:/`, a local file, or an
+exported `.onnx` file run by onnxruntime)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,20 @@ from detr_models.postprocess import PostProcess
 from orchestrator.data.dataset import CocoDetection
 from orchestrator.data.loader import build_loader
 from orchestrator.data.transforms import eval_transforms
+from orchestrator.deploy.onnx_model import is_onnx_source, load_onnx
 from orchestrator.evaluation.coco import CocoEvaluator, format_metrics_table
 from orchestrator.evaluation.drawing import save_detections_png
 from orchestrator.training.engine import evaluate
 from orchestrator.training.model_source import load_model
 
 logger = logging.getLogger("detrdistill")
+
+
+def load_for_inference(source: str, tracking_uri: str | None) -> tuple[torch.nn.Module, dict]:
+    """(model, payload) of any model source; an `.onnx` file runs in onnxruntime."""
+    if is_onnx_source(source):
+        return load_onnx(source)
+    return load_model(source, tracking_uri=tracking_uri)
 
 
 def evaluate_model(
@@ -36,7 +45,7 @@ def evaluate_model(
     quiet: bool = False,
 ) -> dict[str, float]:
     """COCO metrics of the model at `source` on a dataset; prints the table."""
-    model, payload = load_model(source, tracking_uri=tracking_uri)
+    model, payload = load_for_inference(source, tracking_uri)
     extra = payload["extra"]
     dataset = CocoDetection(
         images,
@@ -77,7 +86,7 @@ def predict_images(
     """Draw detections on each image into `out_dir` and write `json_path` (default
     `out_dir/predictions.json`): per image its file name, size and top-k detections in
     original-image pixels, `{"bbox": [x, y, w, h], "score", "category_id", "category"}`."""
-    model, payload = load_model(source, tracking_uri=tracking_uri)
+    model, payload = load_for_inference(source, tracking_uri)
     model.eval()
     extra = payload["extra"]
     names = extra.get("class_names")
