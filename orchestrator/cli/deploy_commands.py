@@ -31,7 +31,7 @@ def add_deploy_commands(commands: argparse._SubParsersAction) -> None:
         metavar=("H", "W"),
         help="static input size (default: the model's eval size, square)",
     )
-    shape.add_argument("--dynamic", action="store_true", help="any height and width (64-4096)")
+    shape.add_argument("--dynamic", action="store_true", help="any height and width (96-4096)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=positive, default=1, help="static batch (default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="any batch size (1-64)")

@@ -23,7 +23,7 @@ from orchestrator.errors import UserInputError
 logger = logging.getLogger("detrdistill")
 MIN_OPSET = 17  # grid_sample (deformable attention) needs 16; the exporter writes 18
 METADATA_KEY = "detrdistill"
-MIN_SIDE, MAX_SIDE = 64, 4096  # the range of a dynamic export's height and width
+MIN_SIDE, MAX_SIDE = 96, 4096  # the range of a dynamic export's height and width
 
 
 @dataclass
