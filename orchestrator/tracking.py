@@ -242,9 +242,12 @@ def log_model(
     model_file: Path,
     register_as: str | None,
     description: str = "",
+    serialization_format: str = "pt2",
+    version_tags: dict[str, str] | None = None,
 ) -> str | None:
-    """Log the exported student as an MLflow PyTorch model (pickle format, plus the plain
-    model file as an extra file) and register it; returns the registered version or None."""
+    """Log the exported student as an MLflow PyTorch model (`pt2`: torch.export's format, no
+    pickled code; or `pickle`), with the plain model file as an extra file, and register it
+    with `description` and `version_tags`; returns the registered version or None."""
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
@@ -258,7 +261,7 @@ def log_model(
             name="student",
             signature=signature,
             input_example=input_example,
-            serialization_format="pickle",
+            serialization_format=serialization_format,
             extra_files=[str(model_file)],
             pip_requirements=_requirements(),
         )
@@ -268,8 +271,11 @@ def log_model(
         return None
     with _fluent(uri):
         version = mlflow.register_model(info.model_uri, register_as)
+    client = _client(uri)
     if description:
-        _client(uri).update_model_version(register_as, version.version, description)
+        client.update_model_version(register_as, version.version, description)
+    for key, value in (version_tags or {}).items():
+        client.set_model_version_tag(register_as, version.version, key, value)
     return str(version.version)
 
 

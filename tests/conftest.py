@@ -166,7 +166,13 @@ def make_tiny_spec_dict(
         "optim": {"lr": 1e-3, "schedule": "step", "step_epochs": [1]},
         "train": {"epochs": epochs, "log_every": 1},
         "scaling": {"num_workers": workers, "cpus_per_worker": 1},
-        "mlflow": {"register_as": register_as, "log_images": 2},
+        # pt2 and ONNX export take seconds per run: tests that check them turn them on
+        "mlflow": {
+            "register_as": register_as,
+            "log_images": 2,
+            "model_format": "pickle",
+            "onnx": False,
+        },
     }
     for path, value in overrides.items():
         *parents, leaf = path.split(".")

@@ -20,7 +20,8 @@ from orchestrator.training.model_source import load_model
 
 
 def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
-    spec = tiny_spec(tmp_path)
+    # the defaults: a pt2 MLflow model and a checked ONNX file with size and latency
+    spec = tiny_spec(tmp_path, **{"mlflow.model_format": "pt2", "mlflow.onnx": True})
     temp = Path(tempfile.gettempdir())
     before = set(temp.glob("detrdistill-*"))
     result = run_experiment(spec, storage_path=tmp_path / "runs")
@@ -44,7 +45,19 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     ] == [2]
     assert len(client.get_metric_history(run.info.run_id, "stability/cross_stage_consistency")) == 2
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"spec.yaml", "curves.png", "model", "predictions"} <= top
+    assert {"spec.yaml", "curves.png", "model", "predictions", "onnx"} <= top
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx")] == ["onnx/model.onnx"]
+    version = client.get_model_version("tiny-model", "1")
+    assert float(version.tags["params_M"]) == pytest.approx(
+        sum(p.numel() for p in load_model(str(result.model_file))[0].parameters()) / 1e6, abs=1e-3
+    )
+    assert float(version.tags["gflops"]) > 0 and float(version.tags["onnx_cpu_ms"]) > 0
+    assert version.tags["onnx"] == f"runs:/{result.mlflow_run_id}/onnx/model.onnx"
+    assert version.tags["method"] == "none" and "val_AP" in version.tags
+    assert "GFLOPs at 64x64" in version.description and "onnxruntime" in version.description
+    assert run.data.metrics["deploy/params_M"] == pytest.approx(
+        float(version.tags["params_M"]), abs=1e-3
+    )
     images = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
     assert len(images) == 4  # 2 images x 2 evaluations
     assert result.registered_version == "1"
@@ -57,7 +70,7 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     # the registered student loads in a fresh process and predicts exactly as before export
     model, _ = load_model(str(result.model_file))
     torch.manual_seed(1)
-    images = torch.randn(2, 3, 64, 64)
+    images = torch.randn(1, 3, 64, 64)  # the pt2 model's input example: batch 1, eval size
     with torch.no_grad():
         out = model.eval()(images)
     expected = torch.cat((out.boxes[-1], out.logits[-1].sigmoid()), dim=-1)
@@ -68,11 +81,11 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
         mlflow.set_tracking_uri({spec.mlflow.tracking_uri!r})
         model = mlflow.pytorch.load_model("models:/tiny-model/1")
         with torch.no_grad():
-            torch.save(model.eval()(torch.load({str(tmp_path / "images.pt")!r})), {str(tmp_path / "out.pt")!r})
+            torch.save(model(torch.load({str(tmp_path / "images.pt")!r})), {str(tmp_path / "out.pt")!r})
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300)
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=1e-6, rtol=0)
 
 
 def test_model_sources_eval_predict_and_mismatch(tmp_path, capsys, tiny_spec):

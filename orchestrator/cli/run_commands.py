@@ -53,6 +53,11 @@ def _add_compare_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train the teacher even if its registered model exists",
     )
+    compare.add_argument(
+        "--no-cost",
+        action="store_true",
+        help="skip measuring parameters, GFLOPs and CPU latency (ONNX export of each model)",
+    )
     compare.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     add_ray_start_option(compare)
     compare.add_argument(
@@ -95,6 +100,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     teacher = resolve_paths(load_spec(args.teacher), Path.cwd())
     students = [resolve_paths(load_spec(p, args.overrides), Path.cwd()) for p in args.students]
-    run_comparison(teacher, students, args.address, args.storage, args.retrain_teacher)
+    run_comparison(
+        teacher, students, args.address, args.storage, args.retrain_teacher, not args.no_cost
+    )
     shutdown_local_ray(remove_session=True)
     return 0

@@ -78,12 +78,16 @@ def _median_ms(fn, runs: int, warmup: int) -> float:
 
 
 def deploy_cost(
-    model: nn.Module, extra: dict[str, Any], size: int | None = None, runs: int = 10
+    model: nn.Module,
+    extra: dict[str, Any],
+    size: int | None = None,
+    runs: int = 10,
+    onnx_path: Path | None = None,
 ) -> dict[str, Any]:
     """Parameters, GFLOPs, PyTorch and onnxruntime CPU latency at batch 1 of a square
-    `size` (default: the model's eval size), with the thread count; the ONNX file is a
-    temporary static export, checked like any export."""
-    from orchestrator.deploy.onnx_export import ExportOptions, export_onnx
+    `size` (default: the model's eval size), with the thread count. The ONNX file is a dynamic
+    export (checked like any export), kept at `onnx_path` when given."""
+    from orchestrator.deploy.onnx_export import MIN_SIDE, ExportOptions, export_onnx
 
     side = size or int(extra.get("eval_size", 640))
     threads = torch.get_num_threads()
@@ -95,9 +99,24 @@ def deploy_cost(
         "torch_ms": torch_latency_ms(model, side, side, runs),
     }
     with tempfile.TemporaryDirectory(prefix="detrdistill-cost-") as folder:
-        path = Path(folder) / "model.onnx"
-        report = export_onnx(model, extra, path, ExportOptions(size=(side, side)))
+        path = onnx_path or Path(folder) / "model.onnx"
+        # dynamic where the size allows it (eval may resize to other shapes), else static
+        options = ExportOptions(size=(side, side), dynamic=side >= MIN_SIDE)
+        report = export_onnx(model, extra, path, options)
         result["onnx_ms"] = onnx_latency_ms(path, side, side, runs, threads=threads)
-        result["onnx_max_diff"] = max(report["max_diff"].values())
+        result["onnx_max_diff"] = max(
+            v for k, v in report["max_diff"].items() if k != "labels_differ"
+        )
         result["onnx_MB"] = report["megabytes"]
     return result
+
+
+def describe_cost(cost: dict[str, Any]) -> str:
+    """One line: size and speed as the registry and the comparison table state them."""
+    return (
+        f"{cost['params_M']:.2f} M parameters, {cost['gflops']:.2f} GFLOPs at "
+        f"{cost['size']}x{cost['size']}; CPU latency at batch 1 ({cost['threads']} threads, "
+        f"median of timed runs): onnxruntime {cost['onnx_ms']:.1f} ms, PyTorch "
+        f"{cost['torch_ms']:.1f} ms; ONNX {cost['onnx_MB']} MB, max |diff| vs PyTorch "
+        f"{cost['onnx_max_diff']:.1e}"
+    )

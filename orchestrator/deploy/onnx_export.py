@@ -69,8 +69,10 @@ def export_onnx(
         raise UserInputError("--batch and --top-k must be at least 1")
     graph = DeployGraph(model.eval(), options.postprocess, options.top_k).eval()
     height, width = options.size or (int(extra.get("eval_size", 640)),) * 2
-    if min(height, width) < MIN_SIDE:
-        raise UserInputError(f"--size {height} {width}: sides of at least {MIN_SIDE} px")
+    if options.dynamic and not MIN_SIDE <= min(height, width) <= max(height, width) <= MAX_SIDE:
+        raise UserInputError(
+            f"--size {height} {width}: a dynamic graph reads sides of {MIN_SIDE}-{MAX_SIDE} px"
+        )
     example = torch.rand(options.batch, 3, height, width)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

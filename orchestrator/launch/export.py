@@ -18,6 +18,8 @@ from torch import nn
 
 from detr_models.config import model_config_from_dict
 from orchestrator import tracking
+from orchestrator.deploy.cost import deploy_cost, describe_cost
+from orchestrator.errors import UserInputError
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
 from orchestrator.training.model_source import load_model
@@ -90,14 +92,61 @@ def export_checkpoint(
     exported = ExportedDetector(model.eval(), extra).eval()
     size = spec.data.eval_size
     example = np.zeros((1, 3, size, size), dtype=np.float32)
+    teacher = spec.teacher.source if spec.teacher is not None else "none"
+    ap = extra.get("val_AP")
     description = (
-        f"{spec.student.architecture} trained by detrdistill run {spec.name} "
-        f"(epoch {extra.get('epoch')})"
+        f"{spec.student.architecture} trained by detrdistill run {spec.name} (epoch "
+        f"{extra.get('epoch')}, method {spec.distill.method}, teacher {teacher})"
+        + (f"; val AP {ap:.3f}" if ap is not None else "")
     )
+    tags = {"method": spec.distill.method, "teacher": teacher, "run": spec.name}
+    if ap is not None:
+        tags["val_AP"] = f"{ap:.4f}"
+    if spec.mlflow.onnx:
+        cost = _deploy(model, extra, export_dir, run_logger, run_id)
+        if cost is not None:
+            description += f". {describe_cost(cost)}; ONNX: runs:/{run_id}/onnx/model.onnx"
+            tags.update(cost_tags(cost), onnx=f"runs:/{run_id}/onnx/model.onnx")
     version = tracking.log_model(
-        uri, run_id, exported, example, model_file, spec.mlflow.register_as, description
+        uri,
+        run_id,
+        exported,
+        example,
+        model_file,
+        spec.mlflow.register_as,
+        description,
+        spec.mlflow.model_format,
+        tags,
     )
     return version, model_file
+
+
+def _deploy(
+    model: nn.Module, extra: dict[str, Any], folder: Path, run_logger: Any, run_id: str
+) -> dict[str, Any] | None:
+    """The student as a checked ONNX file beside the model file, logged under `onnx/`, with
+    its size and latency as `deploy/*` metrics; None (and a warning) when it cannot export."""
+    path = folder / "model.onnx"
+    try:
+        cost = deploy_cost(model.eval(), extra, onnx_path=path)
+    except UserInputError as err:
+        logger.warning(f"no ONNX file for this model: {err}")
+        return None
+    run_logger.artifact(path, "onnx")
+    numbers = {k: float(v) for k, v in cost.items() if isinstance(v, int | float)}
+    run_logger.metrics({f"deploy/{k}": v for k, v in numbers.items()}, step=0)
+    logger.info(f"exported the student to ONNX: {describe_cost(cost)}")
+    return cost
+
+
+def cost_tags(cost: dict[str, Any]) -> dict[str, str]:
+    return {
+        "params_M": f"{cost['params_M']:.3f}",
+        "gflops": f"{cost['gflops']:.3f}",
+        "onnx_cpu_ms": f"{cost['onnx_ms']:.2f}",
+        "torch_cpu_ms": f"{cost['torch_ms']:.2f}",
+        "latency_setup": f"batch 1, {cost['size']}x{cost['size']}, {cost['threads']} CPU threads",
+    }
 
 
 def export_choice(export: str, last_eval: dict[str, float], has_ema: bool) -> str:

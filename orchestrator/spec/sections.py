@@ -230,6 +230,16 @@ class MlflowSpec(StrictConfig):
     experiment: str | None = Field(None, description="default: the spec name")
     register_as: str | None = None
     log_images: NonNegInt = 4
+    model_format: Literal["pt2", "pickle"] = Field(
+        "pt2",
+        description="the logged MLflow PyTorch model: pt2 (torch.export, no pickled code) or "
+        "pickle (any input size, but loading it unpickles code)",
+    )
+    onnx: bool = Field(
+        True,
+        description="also export the student to ONNX (checked against PyTorch), log it with the "
+        "model, and put its size and CPU latency on the registered version",
+    )
 
 
 class ExperimentSpec(StrictConfig):
