@@ -16,7 +16,6 @@ from PIL import Image
 from orchestrator.errors import UserInputError
 
 logger = logging.getLogger("detrdistill")
-TIE = 1e-5  # scores this close may come out in either order
 
 
 def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:
@@ -87,25 +86,46 @@ def check_parity(
 
 
 def _differences(expected, got, postprocess: bool, size: tuple[int, int]) -> dict[str, float]:
+    """Largest differences between the two runtimes' answers, matched as sets per image: models
+    that select their queries (two-stage, RT-DETR) may order near-tied ones differently, and
+    tied top-k scores may swap ranks; a pair is then the same prediction in another place."""
     if not postprocess:
-        logits, boxes = expected
-        prob = 1 / (1 + np.exp(-logits))
-        got_prob = 1 / (1 + np.exp(-got[0]))
+        prob, got_prob = _sigmoid(expected[0]), _sigmoid(got[0])
+        pairs = [
+            _matched(np.concatenate([p, b], -1), np.concatenate([q, c], -1))
+            for p, b, q, c in zip(prob, expected[1], got_prob, got[1], strict=True)
+        ]
+        width = prob.shape[-1]
         return {
-            "probabilities": float(np.abs(prob - got_prob).max()),
-            "boxes": float(np.abs(boxes - got[1]).max()),
+            "probabilities": max(
+                float(np.abs(a[:, :width] - b[:, :width]).max()) for a, b in pairs
+            ),
+            "boxes": max(float(np.abs(a[:, width:] - b[:, width:]).max()) for a, b in pairs),
         }
-    scores, labels, boxes = expected
-    # detections whose score (nearly) ties a neighbour's may swap places between runtimes:
-    # boxes compare where the rank is unambiguous and the labels agree
-    gap = np.abs(np.diff(scores, axis=-1))
-    ambiguous = np.zeros(scores.shape, dtype=bool)
-    ambiguous[..., 1:] |= gap < TIE
-    ambiguous[..., :-1] |= gap < TIE
-    same = (labels == got[1]) & ~ambiguous
-    box_diff = np.abs(boxes - got[2]).max(-1)[same] / max(size)
+    scale = float(max(size))
+    mine = np.concatenate([expected[0][..., None], expected[2] / scale], -1)
+    theirs = np.concatenate([got[0][..., None], got[2] / scale], -1)
+    pairs, differ = [], 0.0
+    for a, b, la, lb in zip(mine, theirs, expected[1], got[1], strict=True):
+        # a detection pairs only with one of the same class
+        penalty = np.where(la[:, None] == lb[None], 0.0, 1e3)
+        pairs.append(_matched(a, b, penalty))
+        differ = max(differ, float(np.mean(np.sort(la) != np.sort(lb))))
     return {
-        "scores": float(np.abs(scores - got[0]).max()),
-        "boxes": float(box_diff.max()) if box_diff.size else 0.0,
-        "labels_differ": float(1 - (labels == got[1]).mean()),
+        "scores": max(float(np.abs(a[:, 0] - b[:, 0]).max()) for a, b in pairs),
+        "boxes": max(float(np.abs(a[:, 1:] - b[:, 1:]).max()) for a, b in pairs),
+        "labels_differ": differ,
     }
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _matched(a: np.ndarray, b: np.ndarray, penalty: np.ndarray | float = 0.0):
+    """Rows of a [N,D] and b [N,D] paired by the assignment of least max |difference|."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.abs(a[:, None] - b[None]).max(-1) + penalty
+    rows, cols = linear_sum_assignment(cost)
+    return a[rows], b[cols]

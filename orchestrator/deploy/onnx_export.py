@@ -80,6 +80,11 @@ def export_onnx(
     try:
         _trace(graph, example, partial, options, extra.get("architecture", "model"))
         opset = _stamp(partial, extra, options)
+        if opset != options.opset:
+            logger.warning(
+                f"asked for opset {options.opset}; the converter could not lower every operator, "
+                f"so the file is opset {opset}"
+            )
         report = check_parity(graph, partial, example, options)
         report.update(opset=opset, megabytes=round(partial.stat().st_size / 1e6, 2))
         os.replace(partial, out)
