@@ -108,6 +108,7 @@ def deploy_cost(
             v for k, v in report["max_diff"].items() if k != "labels_differ"
         )
         result["onnx_MB"] = report["megabytes"]
+        result["onnx_swapped"] = report["swapped"]
     return result
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from orchestrator.errors import UserInputError
 
 logger = logging.getLogger("detrdistill")
+SWAPS = 0.05  # the share of an image's predictions that may differ beyond the tolerance
 
 
 def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:
@@ -60,7 +61,8 @@ def check_parity(
     graph: torch.nn.Module, path: Path, example: torch.Tensor, options
 ) -> dict[str, Any]:
     """Run the ONNX file at `path` and `graph` on the check images; raise UserInputError when a
-    difference exceeds `options.tolerance`. Returns the report."""
+    difference exceeds `options.tolerance` (beyond the few swapped predictions allowed, see
+    `_differences`). Returns the report."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -71,51 +73,72 @@ def check_parity(
         with torch.no_grad():
             expected = [t.numpy() for t in graph(images)]
         got = session.run(None, {"images": images.numpy()})
-        rows.append({"size": list(size), **_differences(expected, got, graph.postprocess, size)})
-    worst = {key: max(row[key] for row in rows) for key in rows[0] if key != "size"}
-    report = {"checked": rows, "max_diff": worst, "tolerance": options.tolerance}
+        found = _differences(expected, got, graph.postprocess, size, options.tolerance)
+        rows.append({"size": list(size), **found})
+    keys = [k for k in rows[0] if k not in ("size", "swapped")]
+    worst = {key: max(row[key] for row in rows) for key in keys}
+    swapped = max(row["swapped"] for row in rows)
+    report = {
+        "checked": rows,
+        "max_diff": worst,
+        "swapped": swapped,
+        "tolerance": options.tolerance,
+    }
     checked = {k: v for k, v in worst.items() if k != "labels_differ"}  # reported only
-    if any(value > options.tolerance for value in checked.values()):
+    if any(value > options.tolerance for value in checked.values()) or swapped > SWAPS:
         raise UserInputError(
             f"onnxruntime disagrees with PyTorch on the exported graph: max differences {checked} "
-            f"exceed the tolerance {options.tolerance} (sizes {[r['size'] for r in rows]}); "
+            f"(tolerance {options.tolerance}), {swapped:.1%} of an image's predictions beyond it "
+            f"(at most {SWAPS:.0%} may be: near-tied query selection), sizes {[r['size'] for r in rows]}; "
             "nothing was written. Try another --opset, or --tolerance if the differences are "
             "acceptable for your deployment"
         )
     return report
 
 
-def _differences(expected, got, postprocess: bool, size: tuple[int, int]) -> dict[str, float]:
-    """Largest differences between the two runtimes' answers, matched as sets per image: models
+def _differences(
+    expected, got, postprocess: bool, size: tuple[int, int], tolerance: float
+) -> dict[str, float]:
+    """Largest differences between the two runtimes' answers, paired as sets per image: models
     that select their queries (two-stage, RT-DETR) may order near-tied ones differently, and
-    tied top-k scores may swap ranks; a pair is then the same prediction in another place."""
+    tied top-k scores may swap ranks, so a pair is the same prediction in another place. Where
+    two encoder scores tie at the selection boundary, one runtime may even select another
+    token: up to SWAPS of an image's predictions may differ beyond the tolerance (`swapped`,
+    the share that did); the maxima are over the others."""
     if not postprocess:
-        prob, got_prob = _sigmoid(expected[0]), _sigmoid(got[0])
-        pairs = [
-            _matched(np.concatenate([p, b], -1), np.concatenate([q, c], -1))
-            for p, b, q, c in zip(prob, expected[1], got_prob, got[1], strict=True)
-        ]
-        width = prob.shape[-1]
-        return {
-            "probabilities": max(
-                float(np.abs(a[:, :width] - b[:, :width]).max()) for a, b in pairs
-            ),
-            "boxes": max(float(np.abs(a[:, width:] - b[:, width:]).max()) for a, b in pairs),
-        }
-    scale = float(max(size))
-    mine = np.concatenate([expected[0][..., None], expected[2] / scale], -1)
-    theirs = np.concatenate([got[0][..., None], got[2] / scale], -1)
-    pairs, differ = [], 0.0
-    for a, b, la, lb in zip(mine, theirs, expected[1], got[1], strict=True):
+        width = expected[0].shape[-1]
+        mine = np.concatenate([_sigmoid(expected[0]), expected[1]], -1)
+        theirs = np.concatenate([_sigmoid(got[0]), got[1]], -1)
+        parts = {"probabilities": slice(0, width), "boxes": slice(width, None)}
+        penalties = [0.0] * len(mine)
+    else:
+        scale = float(max(size))
+        mine = np.concatenate([expected[0][..., None], expected[2] / scale], -1)
+        theirs = np.concatenate([got[0][..., None], got[2] / scale], -1)
+        parts = {"scores": slice(0, 1), "boxes": slice(1, None)}
         # a detection pairs only with one of the same class
-        penalty = np.where(la[:, None] == lb[None], 0.0, 1e3)
-        pairs.append(_matched(a, b, penalty))
-        differ = max(differ, float(np.mean(np.sort(la) != np.sort(lb))))
-    return {
-        "scores": max(float(np.abs(a[:, 0] - b[:, 0]).max()) for a, b in pairs),
-        "boxes": max(float(np.abs(a[:, 1:] - b[:, 1:]).max()) for a, b in pairs),
-        "labels_differ": differ,
-    }
+        penalties = [
+            np.where(a[:, None] == b[None], 0.0, 1e3)
+            for a, b in zip(expected[1], got[1], strict=True)
+        ]
+    found = dict.fromkeys(parts, 0.0)
+    swapped = 0.0
+    for a, b, penalty in zip(mine, theirs, penalties, strict=True):
+        a, b = _matched(a, b, penalty)
+        error = np.abs(a - b).max(-1)
+        beyond = error > tolerance
+        swapped = max(swapped, float(beyond.mean()))
+        if beyond.mean() <= SWAPS:
+            a, b = a[~beyond], b[~beyond]
+        for name, columns in parts.items():
+            if len(a):
+                found[name] = max(found[name], float(np.abs(a[:, columns] - b[:, columns]).max()))
+    if postprocess:
+        found["labels_differ"] = max(
+            float(np.mean(np.sort(la) != np.sort(lb)))
+            for la, lb in zip(expected[1], got[1], strict=True)
+        )
+    return {**found, "swapped": swapped}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
