@@ -25,6 +25,7 @@ BENCHMARKS = (
     "memory",
     "realtime",
     "hf_teacher",
+    "deploy",
     "accuracy",
 )
 # result files, in README order (CPU first, then a GPU run's)
@@ -44,6 +45,7 @@ RESULT_FILES = (
     "peer_cpu",
     "peer_cpu_rtdetr",
     "hf_teacher",
+    "deploy_cpu",
     "accuracy",
     "accuracy_rtdetr",
 )

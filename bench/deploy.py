@@ -68,7 +68,7 @@ def main() -> None:
                 name,
                 f"{side}",
                 f"{cost['params_M']:.1f}",
-                f"{cost['gflops']:.1f}",
+                f"{cost['gflops']:.3g}",
                 f"{cost['onnx_ms']:.0f}",
                 f"{cost['torch_ms']:.0f}",
                 f"{cost['torch_ms'] / cost['onnx_ms']:.2f}",
