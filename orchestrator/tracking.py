@@ -255,16 +255,30 @@ def log_model(
     with torch.no_grad():
         output = model(torch.from_numpy(input_example)).numpy()
     signature = infer_signature(input_example, output)
-    with _fluent(uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="student",
-            signature=signature,
-            input_example=input_example,
-            serialization_format=serialization_format,
-            extra_files=[str(model_file)],
-            pip_requirements=_requirements(),
+
+    def log(form: str) -> Any:
+        with _fluent(uri), mlflow.start_run(run_id=run_id):
+            return mlflow.pytorch.log_model(
+                model,
+                name="student",
+                signature=signature,
+                input_example=input_example,
+                serialization_format=form,
+                extra_files=[str(model_file)],
+                pip_requirements=_requirements(),
+            )
+
+    try:
+        info = log(serialization_format)
+    except Exception as err:  # torch.export can refuse a model: the run must still end well
+        if serialization_format == "pickle":
+            raise
+        logger.warning(
+            f"the {serialization_format} MLflow model could not be written "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); logged the pickle "
+            "flavour instead (the plain model file beside it is unaffected)"
         )
+        info = log("pickle")
     # MLflow 3 stores models as LoggedModels (models:/m-...), not under the run's artifacts
     _client(uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     if not register_as:

@@ -193,3 +193,12 @@ def tiny_spec():
 def tiny_spec_dict():
     """`tiny_spec_dict(base, ...)`: the tiny spec as a plain dict (see make_tiny_spec_dict)."""
     return make_tiny_spec_dict
+
+
+@pytest.fixture(scope="session")
+def hf_teacher_folders(tmp_path_factory):
+    """Every HF class the teacher adapter reads, tiny and saved as a model folder, by kind."""
+    from tests.hf_teachers import KINDS, save_tiny
+
+    base = tmp_path_factory.mktemp("hf_teachers")
+    return {kind: save_tiny(kind, base / kind) for kind in KINDS}

@@ -19,15 +19,14 @@ from distill.hf_teacher import (
     input_normalisation,
     load_hf_model,
 )
-from tests.hf_teachers import CLASSIC, KINDS, save_tiny
+from tests.hf_teachers import CLASSIC, KINDS
 
 SIZE = 128
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    base = tmp_path_factory.mktemp("hf_teachers")
-    return {kind: save_tiny(kind, base / kind) for kind in KINDS}
+def folders(hf_teacher_folders):
+    return hf_teacher_folders
 
 
 def _adapter(folder) -> HfTeacher:

@@ -18,7 +18,7 @@ from orchestrator.spec.problems import SpecError
 from orchestrator.spec.sections import HfTeacherSpec
 from orchestrator.training import hf_teacher_source
 from orchestrator.training.teacher_classes import teacher_class_match
-from tests.hf_teachers import KINDS, save_tiny
+from tests.hf_teachers import KINDS
 
 # a tiny Deformable student: strides 8, 16, 32, 64 share a level with every teacher
 STUDENT = {
@@ -42,9 +42,8 @@ PRIOR = ["distill_prior_loss_cls_s0", "distill_prior_loss_bbox_s1"]
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    base = tmp_path_factory.mktemp("hf_teachers")
-    return {kind: save_tiny(kind, base / kind) for kind in KINDS}
+def folders(hf_teacher_folders):
+    return hf_teacher_folders
 
 
 def _spec(tiny_spec, tmp_path, folder, classes=SYNONYMS, **overrides):

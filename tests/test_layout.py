@@ -90,11 +90,11 @@ def test_files_stay_small():
     assert not long
 
 
-ORCHESTRATOR_ORDER = ("spec", "data", "evaluation", "training", "launch", "cli")
+ORCHESTRATOR_ORDER = ("spec", "data", "evaluation", "training", "deploy", "launch", "cli")
 
 
 def test_orchestrator_sub_packages_import_only_those_below_them():
-    """spec <- data <- evaluation <- training <- launch <- cli (the top-level modules console,
+    """spec <- data <- evaluation <- training <- deploy <- launch <- cli (the top-level modules console,
     errors and tracking are below them all)."""
     upward = []
     for path in _modules("orchestrator"):
