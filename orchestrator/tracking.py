@@ -268,6 +268,9 @@ def log_model(
                 pip_requirements=_requirements(),
             )
 
+    export_log = logging.getLogger("torch._export")  # its notes on specialised dimensions
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)
     try:
         info = log(serialization_format)
     except Exception as err:  # torch.export can refuse a model: the run must still end well
@@ -279,6 +282,8 @@ def log_model(
             "flavour instead (the plain model file beside it is unaffected)"
         )
         info = log("pickle")
+    finally:
+        export_log.setLevel(level)
     # MLflow 3 stores models as LoggedModels (models:/m-...), not under the run's artifacts
     _client(uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     if not register_as:

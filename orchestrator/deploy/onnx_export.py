@@ -104,7 +104,12 @@ def _trace(
         dims[2] = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
         dims[3] = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
     chatter = io.StringIO()
+    names = ("onnxscript", "torch.onnx", "torch.export", "torch._guards", "torch._dynamo")
+    quiet = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in quiet]
     try:
+        for log in quiet:  # the exporter's progress and optimiser notes are not the user's news
+            log.setLevel(logging.CRITICAL)  # a failure is reported below, in one line
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -122,6 +127,9 @@ def _trace(
         detail = _first_line(err)
         hint = "; try without --dynamic-batch (a fixed --batch)" if options.dynamic_batch else ""
         raise UserInputError(f"cannot export this {name} to ONNX: {detail}{hint}") from None
+    finally:
+        for log, level in zip(quiet, levels, strict=True):
+            log.setLevel(level)
 
 
 def _stamp(path: Path, extra: dict[str, Any], options: ExportOptions) -> int:
