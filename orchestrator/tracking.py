@@ -295,7 +295,30 @@ def log_model(
         client.update_model_version(register_as, version.version, description)
     for key, value in (version_tags or {}).items():
         client.set_model_version_tag(register_as, version.version, key, value)
+    promote_if_best(uri, register_as, str(version.version))
     return str(version.version)
+
+
+BEST_ALIAS = "best"
+
+
+def promote_if_best(uri: str, name: str, version: str) -> bool:
+    """Point the `@best` alias of `name` at `version` when its `val_AP` tag beats the current
+    best's (or there is none yet); True when it moved."""
+    client = _client(uri)
+    new = client.get_model_version(name, version).tags.get("val_AP")
+    if new is None:
+        return False
+    try:
+        current = client.get_model_version_by_alias(name, BEST_ALIAS)
+    except Exception:  # no @best yet (MLflow raises for an unknown alias)
+        current = None
+    if current is not None and str(current.version) != str(version):
+        old = current.tags.get("val_AP")
+        if old is not None and float(old) >= float(new):
+            return False
+    client.set_registered_model_alias(name, BEST_ALIAS, version)
+    return True
 
 
 def _requirements() -> list[str]:

@@ -55,6 +55,7 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     assert version.tags["onnx"] == f"runs:/{result.mlflow_run_id}/onnx/model.onnx"
     assert version.tags["method"] == "none" and "val_AP" in version.tags
     assert "GFLOPs at 64x64" in version.description and "onnxruntime" in version.description
+    assert str(client.get_model_version_by_alias("tiny-model", "best").version) == "1"
     assert run.data.metrics["deploy/params_M"] == pytest.approx(
         float(version.tags["params_M"]), abs=1e-3
     )
