@@ -206,6 +206,11 @@ class HfTeacher(nn.Module):
         """Dataset class k reads the teacher's class index[k]; None: no counterpart (probability
         ~0, and no logits distillation: see `covered`). None for index: the teacher's own."""
         self.class_index = index
+        # built once (buffers follow .to(device)): no host-to-device copies per forward
+        picks = [t if t is not None else 0 for t in index or []]
+        self.register_buffer("class_picks", torch.tensor(picks, dtype=torch.long), False)
+        absent = [t is None for t in index or []]
+        self.register_buffer("class_absent", torch.tensor(absent, dtype=torch.bool), False)
 
     @property
     def covered(self) -> list[int] | None:
@@ -276,12 +281,8 @@ class HfTeacher(nn.Module):
     def _dataset_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if self.class_index is None:
             return logits
-        index = torch.tensor(
-            [t if t is not None else 0 for t in self.class_index], device=logits.device
-        )
-        mapped = logits.index_select(-1, index)
-        absent = torch.tensor([t is None for t in self.class_index], device=logits.device)
-        return mapped.masked_fill(absent, ABSENT_LOGIT)
+        mapped = logits.index_select(-1, self.class_picks)
+        return mapped.masked_fill(self.class_absent, ABSENT_LOGIT)
 
 
 def _crop(feature: torch.Tensor, keep_h: float, keep_w: float) -> torch.Tensor:
