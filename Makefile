@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/shapes
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench gpu-check install clean
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ test: $(STAMP)
 # every benchmark at CPU-sized defaults (~25 min on 2 cores); tables into bench/results and README
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# on a machine with a CUDA device: the gpu-marked tests, then the step-time and orchestration
+# benchmarks on the GPU (results into bench/results)
+gpu-check: $(STAMP)
+	$(BIN)/python -m pytest -m gpu -v
+	$(BIN)/python -m bench.step_time --device cuda
+	$(BIN)/python -m bench.orchestration --use-gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,8 @@ re-running the same command continues the same MLflow run.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
 import os
 import subprocess
@@ -50,19 +52,33 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
-def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment `name`, created if missing (artifacts at `artifact_root(uri)`)."""
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # not a GenAI one
+
+
+def ensure_experiment(uri: str, name: str, description: str | None = None) -> str:
+    """The id of experiment `name`, created if missing (artifacts at `artifact_root(uri)`),
+    marked as a model-training experiment (MLflow's UI opens it on its runs) and described
+    (`description`, when given and the experiment has none yet)."""
     client = _client(uri)
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root(uri))
+    if found is None:
+        experiment_id = client.create_experiment(name, artifact_location=artifact_root(uri))
+        tags: dict[str, str] = {}
+    else:
+        experiment_id, tags = found.experiment_id, found.tags
+    for key, value in EXPERIMENT_KIND.items():
+        if tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
+    if description and not tags.get("mlflow.note.content"):
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", description)
+    return experiment_id
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[float]:
-    """Every logged value of metric `key` of a run, in step order."""
+    """Every logged value of metric `key` of a run, in step order, one per step (the exported
+    model's metrics repeat their epoch's point, linked to the model)."""
     history = _client(uri).get_metric_history(run_id, key)
-    return [m.value for m in sorted(history, key=lambda m: m.step)]
+    return [value for _, value in sorted({m.step: m.value for m in history}.items())]
 
 
 def pin_model_version(uri: str, source: str) -> tuple[str, str | None]:
@@ -94,11 +110,29 @@ def latest_version(uri: str, name: str) -> str | None:
     return max((v.version for v in versions), key=int) if versions else None
 
 
+def version_tags(uri: str, name: str, version: str) -> dict[str, str]:
+    """The tags of a registered model version."""
+    return dict(_client(uri).get_model_version(name, version).tags)
+
+
+def version_run(uri: str, name: str, version: str) -> str | None:
+    """The run that logged a registered model version (None when unknown)."""
+    return _client(uri).get_model_version(name, version).run_id
+
+
 def find_or_create_run(
-    uri: str, experiment_id: str, run_key: str, run_name: str, tags: dict[str, str]
+    uri: str,
+    experiment_id: str,
+    run_key: str,
+    run_name: str,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
 ) -> tuple[str, bool]:
-    """(run id, resumed): the run tagged with `run_key` if one exists, else a new one."""
+    """(run id, resumed): the run tagged with `run_key` if one exists, else a new one (a
+    child of `parent_run_id` when given)."""
     client = _client(uri)
+    if parent_run_id:
+        tags = {**tags, "mlflow.parentRunId": parent_run_id}
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
     )
@@ -121,6 +155,17 @@ def delete_runs_with_key(uri: str, experiment_id: str, run_key: str, children: b
     for run in runs:
         client.delete_run(run.info.run_id)
     return len(runs)
+
+
+def delete_run_tree(uri: str, experiment_id: str, run_key: str) -> None:
+    """Delete the runs keyed `run_key` and every child run of theirs."""
+    client = _client(uri)
+    query = f"tags.`{RUN_KEY_TAG}` = '{run_key}'"
+    for run in client.search_runs([experiment_id], filter_string=query):
+        children = f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+        for child in client.search_runs([experiment_id], filter_string=children):
+            client.delete_run(child.info.run_id)
+        client.delete_run(run.info.run_id)
 
 
 def child_runs(uri: str, experiment_id: str, parent_run_id: str, key_tag: str) -> dict[str, str]:
@@ -156,10 +201,16 @@ def register_run_model(uri: str, run_id: str, name: str, description: str) -> st
         logger.warning("run %s logged no student model: nothing registered", run_id)
         return None
     model_uri = client.get_run(run_id).data.tags[MODEL_URI_TAG]
-    with _fluent(uri):
-        version = mlflow.register_model(model_uri, name)
+    version = _register(uri, model_uri, name)
     client.update_model_version(name, version.version, description)
     return str(version.version)
+
+
+def _register(uri: str, model_uri: str, name: str) -> Any:
+    """`mlflow.register_model`, without its "Successfully registered" prints (the run's
+    summary says where the model went)."""
+    with _fluent(uri), contextlib.redirect_stderr(io.StringIO()):
+        return mlflow.register_model(model_uri, name)
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -186,7 +237,7 @@ class RunLogger:
         self.client = _client(uri)
         # epochs this run logged before (an attempt that died after logging, before its
         # checkpoint was kept): redone epochs are not logged a second time
-        history = self.client.get_metric_history(run_id, "epoch")
+        history = self.client.get_metric_history(run_id, "train/loss")
         self.logged_until = max((m.step for m in history), default=0)
 
     def tags(self, tags: dict[str, str]) -> None:
@@ -207,7 +258,7 @@ class RunLogger:
         entries = [
             mlflow.entities.Metric(_metric_name(k), float(v), int(1000 * time.time()), step)
             for k, v in metrics.items()
-            if isinstance(v, (int, float)) and np.isfinite(v)
+            if k not in NOT_METRICS and isinstance(v, (int, float)) and np.isfinite(v)
         ]
         if entries:
             self.client.log_batch(self.run_id, metrics=entries)
@@ -219,14 +270,58 @@ class RunLogger:
         """uint8 [H,W,3] image as a PNG artifact."""
         self.client.log_image(self.run_id, image, artifact_file=artifact_file)
 
+    def step_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """uint8 [H,W,3] image under `key` at `step`: MLflow's UI shows a slider over steps."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
+    def table(self, data: dict[str, list], artifact_file: str) -> None:
+        """A column-oriented table (`mlflow.log_table`), shown as a table in the UI."""
+        self.client.log_table(self.run_id, data, artifact_file)
+
+    def dataset(self, name: str, digest: str, source: str, profile: dict, context: str) -> None:
+        """The run's input data in MLflow's Datasets (name, digest, source, a profile of
+        sizes and classes), used in `context` (train, validation)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entity = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local" if "://" not in source else source.split("://")[0],
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(profile),
+        )
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=[tag])])
+
     def figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def system_metrics(self, resumed: bool) -> Any:
+        """MLflow's CPU / memory / disk / network (and GPU, with nvidia-ml-py) sampler on
+        this run, every 10 s (`system/*`); None where it cannot start (no psutil). Stop it
+        with `.finish()`."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                self.run_id, resume_logging=resumed, tracking_uri=self.uri
+            )
+            monitor.start()
+            return monitor
+        except Exception as err:  # psutil missing, a store that refuses: train regardless
+            logger.debug(f"no system metrics for this run: {err}")
+            return None
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+# reported to Ray (its schedulers and checkpoint bookkeeping read it) but not an MLflow chart:
+# every metric already has the epoch as its step
+NOT_METRICS = frozenset({"epoch"})
 
 
 def _metric_name(key: str) -> str:
@@ -244,10 +339,16 @@ def log_model(
     description: str = "",
     serialization_format: str = "pt2",
     version_tags: dict[str, str] | None = None,
+    model_name: str = "model",
+    model_metrics: dict[str, float] | None = None,
+    metrics_step: int = 0,
 ) -> str | None:
-    """Log the exported student as an MLflow PyTorch model (`pt2`: torch.export's format, no
-    pickled code; or `pickle`), with the plain model file as an extra file, and register it
-    with `description` and `version_tags`; returns the registered version or None."""
+    """Log the exported student as an MLflow PyTorch model named `model_name` (`pt2`:
+    torch.export's format, no pickled code; or `pickle`), with the plain model file as an
+    extra file, `model_metrics` (measured at epoch `metrics_step`: the same points as the
+    run's own) on the logged model (MLflow shows them on its page), and
+    register it with `description` and `version_tags`; returns the registered version or
+    None."""
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
@@ -260,7 +361,7 @@ def log_model(
         with _fluent(uri), mlflow.start_run(run_id=run_id):
             return mlflow.pytorch.log_model(
                 model,
-                name="student",
+                name=model_name,
                 signature=signature,
                 input_example=input_example,
                 serialization_format=form,
@@ -285,12 +386,21 @@ def log_model(
     finally:
         export_log.setLevel(level)
     # MLflow 3 stores models as LoggedModels (models:/m-...), not under the run's artifacts
-    _client(uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    client = _client(uri)
+    client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    if model_metrics and getattr(info, "model_id", None):
+        now = int(1000 * time.time())
+        linked = [
+            mlflow.entities.Metric(
+                _metric_name(k), float(v), now, metrics_step, model_id=info.model_id
+            )
+            for k, v in model_metrics.items()
+            if v is not None and np.isfinite(v)
+        ]
+        client.log_batch(run_id, metrics=linked)
     if not register_as:
         return None
-    with _fluent(uri):
-        version = mlflow.register_model(info.model_uri, register_as)
-    client = _client(uri)
+    version = _register(uri, info.model_uri, register_as)
     if description:
         client.update_model_version(register_as, version.version, description)
     for key, value in (version_tags or {}).items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,6 +17,7 @@ from orchestrator.evaluation.drawing import (
     draw_detections,
     save_detections_png,
 )
+from orchestrator.evaluation.mosaic import TILE_GAP, sample_mosaic
 
 
 def black(height: int = 100, width: int = 120) -> torch.Tensor:
@@ -140,3 +142,103 @@ def test_save_detections_png(tmp_path: Path) -> None:
         assert img.size == (70, 40)
         assert img.mode == "RGB"
         assert img.getpixel((17, 30)) == class_color(0)
+
+
+def mosaic_sample(
+    height: int = 64,
+    width: int = 64,
+    color: tuple[int, int, int] = (90, 160, 90),
+    pred_boxes: list[list[float]] | None = None,
+    pred_labels: list[int] | None = None,
+    pred_scores: list[float] | None = None,
+    gt_boxes: list[list[float]] | None = None,
+) -> dict:
+    """An evaluation sample (as the engine builds it) of one flat colour: ImageNet-normalised
+    image, pixel xyxy predictions, normalised cxcywh ground truth (all labelled 0)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)  # [3, 1, 1]
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)  # [3, 1, 1]
+    pixels = torch.tensor(color, dtype=torch.float32).view(3, 1, 1) / 255.0
+    image = ((pixels - mean) / std).expand(3, height, width).clone()  # [3, H, W]
+    gt = torch.tensor(gt_boxes or [], dtype=torch.float32).reshape(-1, 4)
+    return {
+        "image": image,
+        "prediction": {
+            "boxes": torch.tensor(pred_boxes or [], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(pred_labels or [], dtype=torch.int64),
+            "scores": torch.tensor(pred_scores or [], dtype=torch.float32),
+        },
+        "target": {
+            "boxes": gt,
+            "labels": torch.zeros(len(gt), dtype=torch.int64),
+            "size": torch.tensor([height, width]),
+        },
+    }
+
+
+def runs(mask: np.ndarray) -> list[int]:
+    """Lengths of the runs of True in a 1-D mask."""
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))  # starts and ends, alternating
+    return (edges[1::2] - edges[::2]).tolist()
+
+
+def test_mosaic_grid_of_upscaled_tiles() -> None:
+    color = (90, 160, 90)
+    mosaic = sample_mosaic([mosaic_sample(color=color) for _ in range(5)], ["cat"])
+    assert mosaic.dtype == np.uint8 and mosaic.ndim == 3 and mosaic.shape[2] == 3
+    tile = (mosaic == color).all(axis=2)  # [H, W]
+    # Five samples make a near-square grid: two rows, of three and two tiles.
+    assert runs(tile.any(axis=1)) == [384, 384]  # 64 px upscaled to the 384 px min_side
+    first_row, second_row = TILE_GAP + 100, 2 * TILE_GAP + 384 + 100
+    assert runs(tile[first_row]) == [384, 384, 384]
+    assert runs(tile[second_row]) == [384, 384]
+    assert mosaic.shape[1] == 3 * 384 + 4 * TILE_GAP
+
+    one_row = sample_mosaic([mosaic_sample() for _ in range(5)], ["cat"], columns=5)
+    assert runs((one_row == color).all(axis=2)[first_row]) == [384] * 5
+
+    # A 128 x 96 sample scales by 4 (short side 96 -> 384), keeping its aspect ratio.
+    tall = sample_mosaic([mosaic_sample(128, 96)], ["cat"], min_side=300)
+    mask = (tall == color).all(axis=2)
+    assert runs(mask.any(axis=1)) == [512] and runs(mask.any(axis=0)) == [384]
+
+
+def test_mosaic_legend_has_every_class_colour() -> None:
+    names = ["circle", "square", "triangle", "star"]
+    mosaic = sample_mosaic([mosaic_sample(), mosaic_sample()], names)
+    legend = mosaic[TILE_GAP + 384 :]  # below the tiles; no sample has a box
+    for label in range(len(names)):
+        assert (legend == class_color(label)).all(axis=2).any(), names[label]
+    assert not (mosaic[: TILE_GAP + 384] == class_color(0)).all(axis=2).any()
+
+
+def test_mosaic_ground_truth_and_predictions_look_different() -> None:
+    sample = mosaic_sample(
+        color=(128, 128, 128),
+        # In the 64 px image: one confident box right, one below the threshold left-top.
+        pred_boxes=[[40.0, 16.0, 60.0, 48.0], [2.0, 2.0, 30.0, 12.0]],
+        pred_labels=[1, 2],
+        pred_scores=[0.9, 0.1],
+        gt_boxes=[[0.25, 0.5, 0.3, 0.6]],  # cxcywh: x 0.1-0.4, y 0.2-0.8
+    )
+    mosaic = sample_mosaic([sample], ["cat", "dog", "bird"])
+    tile = mosaic[TILE_GAP : TILE_GAP + 384, TILE_GAP : TILE_GAP + 384]  # upscaled 6x
+
+    # Ground truth: bottom edge at y = 0.8 * 384 = 307, x from 38 to 154; dashed white on black.
+    gt_edge = tile[306, 40:153].reshape(-1, 3)
+    white = (gt_edge == 255).all(axis=1)
+    black = (gt_edge == 0).all(axis=1)
+    assert white.any() and black.any() and (white | black).all()
+
+    # Prediction: bottom edge at y = 48 * 6 = 288, x from 240 to 360; solid class colour.
+    assert (tile[287, 240:361] == class_color(1)).all()
+    # Its label patch sits just above the box's top edge (y = 96).
+    assert (tile[70:96, 240:300] == class_color(1)).all(axis=2).any()
+    # The box below the score threshold is not drawn (its colour is only in the legend).
+    assert not (tile == class_color(2)).all(axis=2).any()
+    assert (mosaic[TILE_GAP + 384 :] == class_color(2)).all(axis=2).any()
+
+
+def test_mosaic_rejects_no_samples() -> None:
+    with pytest.raises(ValueError, match="at least one sample"):
+        sample_mosaic([], ["cat"])

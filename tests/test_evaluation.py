@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from orchestrator.evaluation.coco import METRIC_NAMES, CocoEvaluator, format_metrics_table
+from orchestrator.evaluation.coco import (
+    METRIC_NAMES,
+    PR_IOUS,
+    CocoEvaluator,
+    format_metrics_table,
+)
 
 # Non-contiguous on purpose: contiguous label k maps to CATEGORY_IDS[k].
 CATEGORY_IDS = [1, 3, 7]
@@ -277,7 +284,8 @@ def _distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str
         if rank == 1:
             evaluator.update(gt_predictions([1], shift=True))
         metrics = evaluator.compute()
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(metrics))
+        ap = evaluator.compute_details().ap
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({**metrics, "per_class": ap}))
     finally:
         dist.destroy_process_group()
 
@@ -294,3 +302,119 @@ def test_distributed_gather(tmp_path: Path) -> None:
     assert per_rank[0] == per_rank[1]
     assert per_rank[0]["AP"] == pytest.approx(1.0)
     assert per_rank[0]["AR100"] == pytest.approx(1.0)
+    assert per_rank[0]["per_class"] == {"0": 1.0, "1": 1.0, "2": 1.0}
+
+
+def mixed_predictions() -> list[dict]:
+    """Predictions of every quality: class-1 boxes nudged by a tenth of their size (IoU about
+    0.8), image 1's class-3 box moved off its object, a confident false class-7 box on image 2."""
+    preds = gt_predictions(score=0.5)
+    for pred in preds:
+        boxes = pred["boxes"]  # [N, 4] xyxy
+        size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # [N, 4]
+        nudge = pred["labels"] == CATEGORY_IDS.index(1)
+        boxes[nudge] += 0.1 * size[nudge]
+        if pred["image_id"] == 1:
+            moved = pred["labels"] == CATEGORY_IDS.index(3)
+            boxes[moved] += 0.6 * size[moved]
+    extra = preds[1]  # image 2
+    extra["boxes"] = torch.cat([extra["boxes"], torch.tensor([[500.0, 10.0, 600.0, 100.0]])])
+    extra["scores"] = torch.cat([extra["scores"], torch.tensor([0.9])])
+    extra["labels"] = torch.cat([extra["labels"], torch.tensor([CATEGORY_IDS.index(7)])])
+    return preds
+
+
+def pycocotools_per_category(coco: COCO, results: list[dict]) -> dict[int, tuple[float, float]]:
+    """(AP, AP50) of each category from a COCOeval restricted to that one category."""
+    out = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        detections = coco.loadRes([dict(r) for r in results])
+        for category in CATEGORY_IDS:
+            coco_eval = COCOeval(coco, detections, iouType="bbox")
+            coco_eval.params.imgIds = IMAGE_IDS
+            coco_eval.params.catIds = [category]
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+            out[category] = (float(coco_eval.stats[0]), float(coco_eval.stats[1]))
+    return out
+
+
+def test_per_class_ap_matches_pycocotools_per_category(coco: COCO) -> None:
+    evaluator = CocoEvaluator(coco, CATEGORY_IDS)
+    evaluator.update(mixed_predictions())
+    details = evaluator.compute_details()
+    assert details.metrics == evaluator.compute()
+
+    expected = pycocotools_per_category(coco, evaluator.results())
+    for label, category in enumerate(CATEGORY_IDS):
+        assert details.ap[label] == pytest.approx(expected[category][0]), category
+        assert details.ap50[label] == pytest.approx(expected[category][1]), category
+    # Nudged class-1 boxes fail the strict IoU thresholds only, so AP sits between 0 and AP50.
+    assert 0.0 < details.ap[0] < details.ap50[0] == pytest.approx(1.0)
+    assert details.ap[1] < 1.0 and details.ap[2] < 1.0
+    # Every class has ground truth, so the mean AP is the mean of the per-class APs.
+    assert sum(details.ap.values()) / 3 == pytest.approx(details.metrics["AP"])
+    assert sum(details.ap50.values()) / 3 == pytest.approx(details.metrics["AP50"])
+    # ...and the class-averaged PR curves average to AP50 and AP75.
+    for iou, name in zip(PR_IOUS, ("AP50", "AP75"), strict=True):
+        curve = details.precision[iou]
+        assert sum(curve) / len(curve) == pytest.approx(details.metrics[name]), name
+
+
+def test_per_class_ap_perfect_missing_and_absent(coco: COCO) -> None:
+    # Image 2 holds one class-1 and one class-3 box and no class-7 box.
+    evaluator = CocoEvaluator(coco, CATEGORY_IDS)
+    pred = gt_predictions([2])[0]
+    only_class3 = pred["labels"] == CATEGORY_IDS.index(3)
+    evaluator.update(
+        [{**{k: pred[k][only_class3] for k in ("boxes", "scores", "labels")}, "image_id": 2}]
+    )
+    details = evaluator.compute_details()
+    assert details.ap[1] == pytest.approx(1.0) and details.ap50[1] == pytest.approx(1.0)
+    assert details.ap[0] == 0.0 and details.ap50[0] == 0.0  # ground truth, no prediction
+    assert math.isnan(details.ap[2]) and math.isnan(details.ap50[2])  # no ground truth
+    assert details.gt_boxes == {0: 1, 1: 1, 2: 0}
+    # Averaged over the two classes with ground truth: one perfect, one never found.
+    assert details.precision[0.5] == pytest.approx([0.5] * 101)
+
+
+def test_pr_curve_of_perfect_predictions(coco: COCO) -> None:
+    evaluator = CocoEvaluator(coco, CATEGORY_IDS)
+    evaluator.update(gt_predictions())
+    details = evaluator.compute_details()
+    assert len(details.recall) == 101
+    assert details.recall[0] == 0.0 and details.recall[-1] == pytest.approx(1.0)
+    for iou in PR_IOUS:
+        assert details.precision[iou] == pytest.approx([1.0] * 101), iou
+    # The crowd box of image 1 is not counted.
+    assert details.gt_boxes == {0: 2, 1: 3, 2: 2}
+
+
+def test_pr_curve_falls_with_a_confident_false_positive(coco: COCO) -> None:
+    evaluator = CocoEvaluator(coco, CATEGORY_IDS)
+    evaluator.update(mixed_predictions())
+    curve = evaluator.compute_details().precision[0.5]
+    # Class 7's best-scored box is wrong, so its precision is below 1 even at low recall.
+    assert curve[0] < 1.0
+
+
+def test_details_without_predictions(coco: COCO) -> None:
+    evaluator = CocoEvaluator(coco, CATEGORY_IDS)
+    evaluator.update(
+        [
+            {
+                "image_id": i,
+                "boxes": torch.zeros(0, 4),
+                "scores": torch.zeros(0),
+                "labels": torch.zeros(0, dtype=torch.int64),
+            }
+            for i in (2, 3)
+        ]
+    )
+    details = evaluator.compute_details()
+    assert details.metrics == dict.fromkeys(METRIC_NAMES, 0.0)
+    assert details.ap[0] == 0.0 and details.ap[1] == 0.0 and math.isnan(details.ap[2])
+    assert details.gt_boxes == {0: 1, 1: 1, 2: 0}
+    assert len(details.recall) == 101
+    assert details.precision[0.75] == [0.0] * 101

@@ -118,8 +118,20 @@ def test_two_runs_at_once_on_one_machine_are_quiet_and_clean_up(tmp_path, tiny_s
         spec = _spec_file(tmp_path, tiny_spec_dict, name)
         runs.append(_run(["run", str(spec), "--storage", str(tmp_path / name)], tmp_path))
         time.sleep(2)
-    for process in runs:
-        _, err = process.communicate(timeout=280)
+    for name, process in zip(("left", "right"), runs, strict=True):
+        out, err = process.communicate(timeout=280)
         assert process.returncode == 0, err
         assert "Traceback" not in err and "Found multiple active Ray instances" not in err, err
+        _assert_a_quiet_console(out + err, f"{name}-default")
     assert set(ray_temp.glob("session_2*")) <= sessions  # each removed its Ray's session folder
+
+
+def _assert_a_quiet_console(text: str, run_key: str) -> None:
+    """What a user sees of a run: the product's lines once each, none of Ray's own."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    for noise in ("TrainingReport(", "Checkpoint successfully created", "RayTrainWorker", "\x1f"):
+        assert not any(noise in line for line in lines), (noise, text)
+    assert not any(a == b for a, b in zip(lines, lines[1:])), text  # nothing printed twice
+    assert sum("validation: AP" in line for line in lines) == 1, text  # the one evaluation
+    assert f"run {run_key} finished in" in text and "browse: mlflow ui" in text, text
+    assert len(lines) < 40, text

@@ -33,19 +33,43 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     client = MlflowClient(spec.mlflow.tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert (
-        run.data.params["optim.lr"] == "0.001" and run.data.params["student.architecture"] == "detr"
-    )
+    params = run.data.params
+    assert params["optim.lr"] == "0.001" and params["model.architecture"] == "detr"
+    # the spec as it applies: the real class count, nothing that takes no effect or is local
+    assert params["model.num_classes"] == "3" and params["data.num_classes"] == "3"
+    for absent in ("mlflow.tracking_uri", "data.crop_size", "scaling.gpus_per_worker", "tune"):
+        assert absent not in params
+    assert not any(value == "None" for value in params.values())
     assert run.data.tags["method"] == "none" and run.data.tags["architecture"] == "detr"
+    assert run.data.tags["role"] == "trained" and run.info.run_name == "tiny"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "tiny" in experiment.tags["mlflow.note.content"]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    shapes = next(iter(inputs)).split("/")[0]  # the generated set's folder, shapes-<hash>
+    assert shapes.startswith("shapes-") and sorted(inputs) == [f"{shapes}/train", f"{shapes}/val"]
+    train_input = inputs[f"{shapes}/train"]
+    assert json.loads(train_input.dataset.profile)["images"] == 8
+    assert train_input.tags[0].value == "training"
+    # the epoch is every chart's step, not a chart of its own; detection-only loss to compare
+    assert "epoch" not in run.data.metrics
+    assert run.data.metrics["train/loss_det"] == pytest.approx(run.data.metrics["train/loss"])
+    assert run.data.metrics["best/val_AP"] == max(
+        m.value for m in client.get_metric_history(run.info.run_id, "val/AP")
+    )
+    assert run.data.metrics["model/params_M"] > 0
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
-    assert len(client.get_metric_history(run.info.run_id, "val/AP50")) == 2
+    # two evaluations (the exported model's metrics repeat its epoch's point, on the model)
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "val/AP50")} == {1, 2}
     assert "train/loss_giou_s1" in run.data.metrics and "train/images_per_s" in run.data.metrics
     assert [
         m.step for m in client.get_metric_history(run.info.run_id, "stability/gt_flip_rate")
     ] == [2]
     assert len(client.get_metric_history(run.info.run_id, "stability/cross_stage_consistency")) == 2
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"spec.yaml", "curves.png", "model", "predictions", "onnx"} <= top
+    assert {"spec.yaml", "curves.png", "model", "images", "evaluation", "onnx"} <= top
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/pr_curve.png", "evaluation/per_class_ap.json"} <= evaluation
     assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx")] == ["onnx/model.onnx"]
     version = client.get_model_version("tiny-model", "1")
     assert float(version.tags["params_M"]) == pytest.approx(
@@ -54,13 +78,18 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
     assert float(version.tags["gflops"]) > 0 and float(version.tags["onnx_cpu_ms"]) > 0
     assert version.tags["onnx"] == f"runs:/{result.mlflow_run_id}/onnx/model.onnx"
     assert version.tags["method"] == "none" and "val_AP" in version.tags
+    assert "val_AP50" in version.tags and version.tags["epoch"] == "2"
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert logged.name == "tiny" and "val/AP" in {m.key for m in logged.metrics}
     assert "GFLOPs at 64x64" in version.description and "onnxruntime" in version.description
     assert str(client.get_model_version_by_alias("tiny-model", "best").version) == "1"
     assert run.data.metrics["deploy/params_M"] == pytest.approx(
         float(version.tags["params_M"]), abs=1e-3
     )
-    images = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
-    assert len(images) == 4  # 2 images x 2 evaluations
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    # one mosaic per evaluation, as a step image (a PNG and its compressed preview each)
+    steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in images if p.endswith(".png")})
+    assert steps == [1, 2] and all("predictions+step+" in p for p in images)
     assert result.registered_version == "1"
     # the plain model file rebuilds with weights_only loading and no pickled code
     payload = read_model_file(result.model_file)

@@ -94,12 +94,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from orchestrator.launch.compare import run_comparison
-    from orchestrator.launch.session import shutdown_local_ray
+    from orchestrator.launch.session import handle_stop_signals, shutdown_local_ray
     from orchestrator.spec.loader import load_spec
     from orchestrator.spec.paths import resolve_paths
 
     teacher = resolve_paths(load_spec(args.teacher), Path.cwd())
     students = [resolve_paths(load_spec(p, args.overrides), Path.cwd()) for p in args.students]
+    handle_stop_signals()
     run_comparison(
         teacher, students, args.address, args.storage, args.retrain_teacher, not args.no_cost
     )

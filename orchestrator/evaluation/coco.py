@@ -13,14 +13,16 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 from torchvision.ops import box_convert
 
 import orchestrator.data.quiet_coco  # noqa: F401  (silences pycocotools)
@@ -41,6 +43,30 @@ _DESCRIPTIONS = {
 }
 
 _REQUIRED_KEYS = ("image_id", "boxes", "scores", "labels")
+
+PR_IOUS = (0.5, 0.75)  # IoU thresholds of EvalDetails.precision
+
+
+@dataclass(frozen=True)
+class EvalDetails:
+    """One COCOeval run in detail (area all, maxDets 100 throughout).
+
+    ``metrics`` is what compute() returns. ``ap``, ``ap50`` and ``gt_boxes`` are keyed by
+    contiguous label (0..K-1, as in label_to_category): AP at IoU .50:.95 and at IoU .50, and the
+    number of non-crowd ground-truth boxes in the evaluated images. A class with no such box has
+    AP NaN (pycocotools marks it -1 and leaves it out of the mean AP). ``recall`` holds COCOeval's
+    101 recall thresholds (0, 0.01, ..., 1); ``precision[iou]``, for iou in PR_IOUS, the
+    interpolated precision at each of them, averaged over the classes that have ground truth
+    (NaN throughout when none has). The mean of ``precision[0.5]`` is the AP50 metric when every
+    ground-truth category is in label_to_category.
+    """
+
+    metrics: dict[str, float]
+    ap: dict[int, float]
+    ap50: dict[int, float]
+    gt_boxes: dict[int, int]
+    recall: list[float]
+    precision: dict[float, list[float]]
 
 
 class CocoEvaluator:
@@ -64,6 +90,7 @@ class CocoEvaluator:
         # image_id -> COCO result records; an entry with an empty list is a seen image with no
         # predictions, which must still count as evaluated.
         self._per_image: dict[int, list[dict[str, Any]]] = {}
+        self.last_details: EvalDetails | None = None  # of the latest compute()
 
     @property
     def num_images(self) -> int:
@@ -184,12 +211,21 @@ class CocoEvaluator:
         Only seen images are evaluated, so a subset of the dataset can be scored. A metric is
         -1.0 when the seen images have no ground truth in that area range (pycocotools'
         convention). If there are no prediction boxes at all, every metric is 0.0.
+        The per-class details of the same evaluation stay in `last_details`.
         """
+        self.last_details = self.compute_details()
+        return self.last_details.metrics
+
+    def compute_details(self) -> EvalDetails:
+        """compute()'s metrics plus per-class AP and precision-recall curves, from one COCOeval
+        run; a collective call under torch.distributed, like compute()."""
         per_image = self._gathered()
         records = self._sorted(per_image)
+        gt_boxes = self._count_ground_truth(per_image)
         if not records:
-            # pycocotools' loadRes cannot take an empty list.
-            return dict.fromkeys(METRIC_NAMES, 0.0)
+            # pycocotools' loadRes cannot take an empty list; with no predictions every class
+            # that has ground truth scores 0.
+            return _details_without_predictions(gt_boxes)
         # COCOeval prints progress and its own summary; we print format_metrics_table instead.
         with contextlib.redirect_stdout(io.StringIO()):
             # loadRes adds area/id/segmentation keys in place; hand it copies.
@@ -199,11 +235,84 @@ class CocoEvaluator:
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
-        return {name: float(coco_eval.stats[i]) for name, i in _STATS_INDEX.items()}
+        metrics = {name: float(coco_eval.stats[i]) for name, i in _STATS_INDEX.items()}
+        return _details_from_cocoeval(coco_eval, metrics, self.label_to_category, gt_boxes)
+
+    def _count_ground_truth(self, image_ids: Iterable[int]) -> dict[int, int]:
+        """Non-crowd ground-truth boxes per contiguous label in the given images (COCOeval
+        ignores crowd boxes)."""
+        label_of = {category: k for k, category in enumerate(self.label_to_category)}
+        counts = dict.fromkeys(range(len(self.label_to_category)), 0)
+        for image_id in image_ids:
+            for ann in self.coco_gt.imgToAnns.get(image_id, []):
+                label = label_of.get(ann["category_id"])
+                if label is not None and not ann.get("iscrowd", 0):
+                    counts[label] += 1
+        return counts
 
     def reset(self) -> None:
         """Forget all predictions and seen images."""
         self._per_image = {}
+
+
+def _details_from_cocoeval(
+    coco_eval: COCOeval,
+    metrics: dict[str, float],
+    label_to_category: Sequence[int],
+    gt_boxes: dict[int, int],
+) -> EvalDetails:
+    """Per-class AP and class-averaged PR curves from an accumulated COCOeval."""
+    params = coco_eval.params
+    # [T, R, K, A, M] -> [T, R, K]: area "all" is index 0, maxDets 100 the last index; entries
+    # are -1 where a category has no ground truth in the evaluated images.
+    precision = coco_eval.eval["precision"][:, :, :, 0, -1]
+    columns = [list(params.catIds).index(category) for category in label_to_category]
+    precision = precision[:, :, columns]  # [T, R, K] in label order
+    t50 = _iou_index(params.iouThrs, 0.5)
+    ap = {k: _mean_valid(precision[:, :, k]) for k in range(len(columns))}
+    ap50 = {k: _mean_valid(precision[t50, :, k]) for k in range(len(columns))}
+    with_gt = precision[0, 0, :] > -1  # [K]; a class has ground truth at every threshold or none
+    curves = {}
+    for iou in PR_IOUS:
+        per_class = precision[_iou_index(params.iouThrs, iou)][:, with_gt]  # [R, K with GT]
+        if per_class.shape[1]:
+            curves[iou] = per_class.mean(axis=1).tolist()
+        else:
+            curves[iou] = [math.nan] * len(params.recThrs)
+    return EvalDetails(
+        metrics=metrics,
+        ap=ap,
+        ap50=ap50,
+        gt_boxes=gt_boxes,
+        recall=[float(r) for r in params.recThrs],
+        precision=curves,
+    )
+
+
+def _details_without_predictions(gt_boxes: dict[int, int]) -> EvalDetails:
+    """What compute_details reports when no image has a prediction: metrics 0, AP 0 for classes
+    with ground truth (NaN for the rest), precision 0 at every recall threshold."""
+    recall = [float(r) for r in Params(iouType="bbox").recThrs]
+    per_class = {k: 0.0 if n else math.nan for k, n in gt_boxes.items()}
+    curve = [0.0 if any(gt_boxes.values()) else math.nan] * len(recall)
+    return EvalDetails(
+        metrics=dict.fromkeys(METRIC_NAMES, 0.0),
+        ap=per_class,
+        ap50=dict(per_class),
+        gt_boxes=gt_boxes,
+        recall=recall,
+        precision={iou: list(curve) for iou in PR_IOUS},
+    )
+
+
+def _iou_index(thresholds: np.ndarray, iou: float) -> int:
+    return int(np.argmin(np.abs(np.asarray(thresholds) - iou)))
+
+
+def _mean_valid(precision: np.ndarray) -> float:
+    """Mean of the entries that are not pycocotools' -1 (no ground truth); NaN if none is."""
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else math.nan
 
 
 def _as_image_id(value: Any) -> int:

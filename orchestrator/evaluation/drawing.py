@@ -46,7 +46,7 @@ def _to_uint8_image(image: Tensor) -> Tensor:
     return image.contiguous()
 
 
-def _visible_boxes(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+def visible_boxes(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Clamp xyxy boxes into the image; return (clamped boxes, mask of boxes kept).
 
     draw_bounding_boxes rejects boxes with x2 < x1 or y2 < y1, and a box with no area after
@@ -70,7 +70,8 @@ def _visible_boxes(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tens
     return clamped, keep
 
 
-def _label_text(label: int, class_names: Sequence[str] | None) -> str:
+def label_text(label: int, class_names: Sequence[str] | None) -> str:
+    """The class name of a label, or the label itself when it has no name."""
     if class_names is not None and 0 <= label < len(class_names):
         return str(class_names[label])
     return str(label)
@@ -98,7 +99,7 @@ def draw_detections(
     height, width = canvas.shape[1:]
 
     if gt_boxes is not None:
-        gt_clamped, gt_keep = _visible_boxes(gt_boxes, height, width)
+        gt_clamped, gt_keep = visible_boxes(gt_boxes, height, width)
         gt_text = None
         if gt_labels is not None:
             gt_labels = torch.as_tensor(gt_labels).detach().cpu().reshape(-1)
@@ -106,7 +107,7 @@ def draw_detections(
                 raise ValueError(
                     f"gt_labels has {gt_labels.shape[0]} entries for {gt_clamped.shape[0]} gt_boxes"
                 )
-            gt_text = [_label_text(int(k), class_names) for k in gt_labels[gt_keep].tolist()]
+            gt_text = [label_text(int(k), class_names) for k in gt_labels[gt_keep].tolist()]
         if gt_keep.any():
             canvas = draw_bounding_boxes(
                 canvas,
@@ -116,7 +117,7 @@ def draw_detections(
                 width=_GT_WIDTH,
             )
 
-    clamped, keep = _visible_boxes(boxes, height, width)
+    clamped, keep = visible_boxes(boxes, height, width)
     labels = torch.as_tensor(labels).detach().cpu().reshape(-1)
     if labels.shape[0] != clamped.shape[0]:
         raise ValueError(f"labels has {labels.shape[0]} entries for {clamped.shape[0]} boxes")
@@ -129,7 +130,7 @@ def draw_detections(
         return canvas
 
     kept_labels = [int(k) for k in labels[keep].tolist()]
-    texts = [_label_text(k, class_names) for k in kept_labels]
+    texts = [label_text(k, class_names) for k in kept_labels]
     if scores is not None:
         texts = [f"{t} {s:.2f}" for t, s in zip(texts, scores[keep].tolist(), strict=True)]
     return draw_bounding_boxes(

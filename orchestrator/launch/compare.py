@@ -3,7 +3,9 @@
 Trains the teacher spec unless its registered model already exists, then runs every student
 spec from scratch (same seed and epochs as written in the specs), and prints and logs a table of
 validation AP and AP50 beside each model's size and speed (parameters, GFLOPs at the eval size,
-onnxruntime and PyTorch CPU latency at batch 1): teacher, then each student.
+onnxruntime and PyTorch CPU latency at batch 1): teacher, then each student. In MLflow it is one
+parent run in the `comparisons` experiment, with the teacher / baseline / distilled runs as its
+children, the table (`mlflow.log_table` and markdown), and tags linking runs and models.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from orchestrator.data.build import data_paths
 from orchestrator.deploy.cost import deploy_cost
 from orchestrator.errors import UserInputError
 from orchestrator.launch.inference import evaluate_model
-from orchestrator.launch.run import run_experiment
+from orchestrator.launch.run import ParentRun, role_of, run_experiment
+from orchestrator.launch.session import ACTIVE_RUNS
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training.model_source import load_model
 
@@ -33,6 +36,8 @@ class Row:
     ap: float | None
     ap50: float | None
     cost: dict[str, Any] | None = None
+    role: str = ""
+    run_id: str | None = None
 
 
 def format_table(rows: list[Row]) -> str:
@@ -70,6 +75,96 @@ def model_cost(source: str, uri: str | None, size: int) -> dict[str, Any] | None
         return None
 
 
+def recorded_cost(tags: dict[str, str], size: int) -> dict[str, Any] | None:
+    """The cost a registered version already carries (its export measured it, at `size`);
+    None when it has none or was measured at another size."""
+    needed = ("params_M", "gflops", "onnx_cpu_ms", "torch_cpu_ms", "latency_setup")
+    if not all(key in tags for key in needed) or f"{size}x{size}" not in tags["latency_setup"]:
+        return None
+    threads = tags["latency_setup"].split(",")[-1].split()[0]
+    return {
+        "params_M": float(tags["params_M"]),
+        "gflops": float(tags["gflops"]),
+        "onnx_ms": float(tags["onnx_cpu_ms"]),
+        "torch_ms": float(tags["torch_cpu_ms"]),
+        "size": size,
+        "threads": int(threads) if threads.isdigit() else threads,
+    }
+
+
+def roles(students: list[ExperimentSpec]) -> list[str]:
+    """Child-run names: `baseline` (no distillation) or `distilled`, made unique with the
+    method, then the spec name, then the seed where several students share one."""
+    names = [role_of(spec).replace("trained", "baseline") for spec in students]
+    for detail in (
+        lambda spec: spec.distill.method,
+        lambda spec: spec.name,
+        lambda spec: f"seed{spec.seed}",
+    ):
+        counts = {n: names.count(n) for n in names}
+        names = [
+            f"{n}-{detail(spec)}" if counts[n] > 1 else n
+            for n, spec in zip(names, students, strict=True)
+        ]
+    return names
+
+
+@dataclass
+class Comparison:
+    """The parent MLflow run of one `compare`, its children linked by tags."""
+
+    uri: str
+    experiment: str
+    experiment_id: str
+    logger: Any
+
+    def child(self, role: str) -> ParentRun:
+        return ParentRun(self.experiment, self.logger.run_id, role)
+
+    def link(self, role: str, run_id: str, version: str | None, name: str | None) -> None:
+        tags = {f"run.{role}": run_id}
+        if version and name:
+            tags[f"model.{role}"] = f"models:/{name}/{version}"
+        self.logger.tags(tags)
+
+
+def start_comparison(teacher: ExperimentSpec, students: list[ExperimentSpec]) -> Comparison:
+    """The parent run (`comparisons` experiment): an earlier comparison of this teacher and
+    its children are replaced."""
+    uri = teacher.mlflow.tracking_uri
+    experiment = "comparisons"
+    experiment_id = tracking.ensure_experiment(
+        uri,
+        experiment,
+        "`detrdistill compare`: one parent run per comparison (the table, links to its runs "
+        "and registered models), with the teacher, baseline and distilled runs as children.",
+    )
+    key = f"compare-{teacher.name}"
+    tracking.delete_run_tree(uri, experiment_id, key)
+    run_id, _ = tracking.find_or_create_run(
+        uri,
+        experiment_id,
+        key,
+        f"{teacher.name} comparison",
+        {"git_commit": tracking.git_commit(Path(__file__).parent)},
+    )
+    run_logger = tracking.RunLogger(uri, run_id)
+    ACTIVE_RUNS.append(run_logger)
+    params = {"teacher.spec": teacher.name, "teacher.architecture": teacher.student.architecture}
+    for role, spec in zip(roles(students), students, strict=True):
+        params.update(
+            {
+                f"{role}.spec": spec.name,
+                f"{role}.method": spec.distill.method,
+                f"{role}.architecture": spec.student.architecture,
+                f"{role}.epochs": str(spec.train.epochs),
+                f"{role}.seed": str(spec.seed),
+            }
+        )
+    run_logger.params(params)
+    return Comparison(uri, experiment, experiment_id, run_logger)
+
+
 def run_comparison(
     teacher: ExperimentSpec,
     students: list[ExperimentSpec],
@@ -78,58 +173,176 @@ def run_comparison(
     retrain_teacher: bool = False,
     cost: bool = True,
 ) -> list[Row]:
-    """Teacher (trained or reused from the registry), then each student from scratch; `cost`
-    measures each model's size and speed at the teacher spec's eval size."""
-    uri = teacher.mlflow.tracking_uri
+    """Teacher (trained or reused from the registry), then each student from scratch, all as
+    children of one comparison run; `cost` measures each model's size and speed at the
+    teacher spec's eval size (read from its registered version when its export measured
+    it)."""
+    comparison = start_comparison(teacher, students)
+    try:
+        rows = _compare(comparison, teacher, students, address, storage, retrain_teacher, cost)
+    except BaseException:
+        if comparison.logger in ACTIVE_RUNS:  # a stop signal closes it as KILLED
+            comparison.logger.finish("FAILED")
+            ACTIVE_RUNS.remove(comparison.logger)
+        raise
+    table = format_table(rows)
+    logger.info("\n" + table)
+    comparison.logger.text(markdown_table(rows), "comparison.md")
+    comparison.logger.table(table_columns(rows), "comparison.json")
+    for row in rows:
+        values = {f"{row.role}/AP": row.ap, f"{row.role}/AP50": row.ap50}
+        for field in ("params_M", "gflops", "onnx_ms", "torch_ms"):
+            if row.cost:
+                values[f"{row.role}/{field}"] = float(row.cost[field])
+        comparison.logger.metrics({k: v for k, v in values.items() if v is not None}, step=0)
+    comparison.logger.finish()
+    ACTIVE_RUNS.remove(comparison.logger)
+    return rows
+
+
+def _compare(
+    comparison: Comparison,
+    teacher: ExperimentSpec,
+    students: list[ExperimentSpec],
+    address: str | None,
+    storage: Path,
+    retrain_teacher: bool,
+    cost: bool,
+) -> list[Row]:
+    uri = comparison.uri
     name = teacher.mlflow.register_as
     version = None if (retrain_teacher or not name) else tracking.latest_version(uri, name)
-    if version is None:
-        run_experiment(teacher, restart=True, address=address, storage_path=storage)
-        version = tracking.latest_version(uri, name) if name else None
-    else:
-        logger.info(f"reusing the teacher models:/{name}/{version} from the registry")
     size = teacher.data.eval_size
     rows: list[Row] = []
+    if version is None:
+        result = run_experiment(
+            teacher,
+            restart=True,
+            address=address,
+            storage_path=storage,
+            parent=comparison.child("teacher"),
+        )
+        version = result.registered_version
+        teacher_run = result.mlflow_run_id
+    else:
+        logger.info(f"reusing the teacher models:/{name}/{version} from the registry")
+        teacher_run = None
     if version is not None:
         images, annotations = data_paths(teacher.data)["val"]
         source = f"models:/{name}/{version}"
         scores = evaluate_model(source, images, annotations, uri, quiet=True)
-        rows.append(
-            Row(
-                f"teacher ({teacher.student.architecture})",
-                scores["AP"],
-                scores["AP50"],
-                model_cost(source, uri, size) if cost else None,
-            )
-        )
-    for spec in students:
+        measured = None
+        if cost:
+            measured = recorded_cost(tracking.version_tags(uri, name, version), size)
+            measured = measured or model_cost(source, uri, size)
+        if teacher_run is None:
+            teacher_run = _reused_teacher_run(comparison, teacher, name, version, scores)
+        label = f"teacher ({teacher.student.architecture})"
+        rows.append(Row(label, scores["AP"], scores["AP50"], measured, "teacher", teacher_run))
+        comparison.link("teacher", teacher_run, version, name)
+    for role, spec in zip(roles(students), students, strict=True):
         result = run_experiment(
-            spec, run_name=f"seed{spec.seed}", restart=True, address=address, storage_path=storage
+            spec,
+            run_name=f"seed{spec.seed}",
+            restart=True,
+            address=address,
+            storage_path=storage,
+            parent=comparison.child(role),
+        )
+        comparison.link(
+            role, result.mlflow_run_id, result.registered_version, spec.mlflow.register_as
         )
         measured = None
         if cost and result.model_file is not None:
-            measured = model_cost(str(result.model_file), uri, size)
+            if result.registered_version:
+                tags = tracking.version_tags(
+                    uri, spec.mlflow.register_as, result.registered_version
+                )
+                measured = recorded_cost(tags, size)
+            measured = measured or model_cost(str(result.model_file), uri, size)
         label = f"{spec.name} ({spec.distill.method})"
         metrics = result.metrics
-        rows.append(Row(label, metrics.get("val/AP"), metrics.get("val/AP50"), measured))
+        rows.append(
+            Row(
+                label,
+                metrics.get("val/AP"),
+                metrics.get("val/AP50"),
+                measured,
+                role,
+                result.mlflow_run_id,
+            )
+        )
         if "val_ema/AP" in metrics:  # OD-DETR: its EMA model too (same architecture and size)
             rows.append(
-                Row(f"{spec.name} (EMA)", metrics["val_ema/AP"], metrics["val_ema/AP50"], measured)
+                Row(
+                    f"{spec.name} (EMA)",
+                    metrics["val_ema/AP"],
+                    metrics["val_ema/AP50"],
+                    measured,
+                    f"{role}-ema",
+                    result.mlflow_run_id,
+                )
             )
-    table = format_table(rows)
-    logger.info("\n" + table)
-    experiment = tracking.ensure_experiment(uri, "comparisons")
+    return rows
+
+
+def _reused_teacher_run(
+    comparison: Comparison,
+    teacher: ExperimentSpec,
+    name: str,
+    version: str,
+    scores: dict[str, float],
+) -> str:
+    """A `teacher` child run for a teacher taken from the registry: it trains nothing; it
+    holds the teacher's validation `scores` and links to the version and the run that
+    trained it."""
+    uri = comparison.uri
     run_id, _ = tracking.find_or_create_run(
-        uri, experiment, f"compare-{teacher.name}", f"compare-{teacher.name}", {}
+        uri,
+        comparison.experiment_id,
+        f"compare-{teacher.name}/teacher",
+        "teacher",
+        {"role": "teacher", "architecture": teacher.student.architecture},
+        comparison.logger.run_id,
     )
     run_logger = tracking.RunLogger(uri, run_id)
-    run_logger.text(table, "comparison.txt")
-    for row in rows:
-        key = row.name.split(" ")[0] + ("-ema" if row.name.endswith("(EMA)") else "")
-        values = {f"{key}/AP": row.ap or 0.0, f"{key}/AP50": row.ap50 or 0.0}
-        for field in ("params_M", "gflops", "onnx_ms", "torch_ms"):
-            if row.cost:
-                values[f"{key}/{field}"] = float(row.cost[field])
-        run_logger.metrics(values, step=0)
+    source_run = tracking.version_run(uri, name, version)
+    run_logger.tags(
+        {"model": f"models:/{name}/{version}", "trained_by_run": source_run or "unknown"}
+    )
+    run_logger.params({"model.architecture": teacher.student.architecture, "spec": teacher.name})
+    run_logger.metrics({f"val/{k}": v for k, v in scores.items()}, step=0)
     run_logger.finish()
-    return rows
+    return run_id
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The comparison as a markdown table (the run's `comparison.md`)."""
+    columns = table_columns(rows)
+    names = list(columns)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for i in range(len(rows)):
+        cells = [columns[n][i] for n in names]
+        lines.append(
+            "| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def table_columns(rows: list[Row]) -> dict[str, list]:
+    """The comparison column by column (`mlflow.log_table`); missing values are None."""
+
+    def cost(row: Row, key: str) -> float | None:
+        return float(row.cost[key]) if row.cost else None
+
+    return {
+        "role": [row.role for row in rows],
+        "model": [row.name for row in rows],
+        "AP": [row.ap for row in rows],
+        "AP50": [row.ap50 for row in rows],
+        "params_M": [cost(row, "params_M") for row in rows],
+        "GFLOPs": [cost(row, "gflops") for row in rows],
+        "ORT_ms": [cost(row, "onnx_ms") for row in rows],
+        "torch_ms": [cost(row, "torch_ms") for row in rows],
+        "run_id": [row.run_id for row in rows],
+    }

@@ -20,6 +20,7 @@ from detr_models.config import model_config_from_dict
 from orchestrator import tracking
 from orchestrator.deploy.cost import deploy_cost, describe_cost
 from orchestrator.errors import UserInputError
+from orchestrator.launch.retention import existing
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
 from orchestrator.training.model_source import load_model
@@ -44,8 +45,9 @@ class ExportedDetector(nn.Module):
 
 
 def best_checkpoint(result: Any, metric: str, mode: str) -> Any:
-    """The best checkpoint of a Ray result by `metric` (the latest when none is scored)."""
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    """The best checkpoint of a Ray result by `metric` still on disk (the latest when none
+    is scored)."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m and existing(c)]
     if scored:
         pick = max if mode == "max" else min
         return pick(scored, key=lambda cm: cm[1][metric])[0]
@@ -99,9 +101,22 @@ def export_checkpoint(
         f"{extra.get('epoch')}, method {spec.distill.method}, teacher {teacher})"
         + (f"; val AP {ap:.3f}" if ap is not None else "")
     )
-    tags = {"method": spec.distill.method, "teacher": teacher, "run": spec.name}
-    if ap is not None:
-        tags["val_AP"] = f"{ap:.4f}"
+    prefix = "val_ema/" if choice == "ema" else "val/"
+    scores = {
+        k[len(prefix) :]: v for k, v in state.get("last_eval", {}).items() if k.startswith(prefix)
+    }
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    tags = {
+        "method": spec.distill.method,
+        "teacher": teacher,
+        "run": spec.name,
+        "architecture": spec.student.architecture,
+        "params_M": f"{params_m:.3f}",
+        "epoch": str(extra.get("epoch")),
+    }
+    for key in ("AP", "AP50", "AP75"):
+        if scores.get(key) is not None:
+            tags[f"val_{key}"] = f"{scores[key]:.4f}"
     if spec.mlflow.onnx:
         cost = _deploy(model, extra, export_dir, run_logger, run_id)
         if cost is not None:
@@ -117,6 +132,9 @@ def export_checkpoint(
         description,
         spec.mlflow.model_format,
         tags,
+        model_name=spec.name,
+        model_metrics={f"val/{k}": v for k, v in scores.items()},
+        metrics_step=int(extra.get("epoch") or 0),
     )
     return version, model_file
 

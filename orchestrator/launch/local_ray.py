@@ -64,7 +64,12 @@ def start_local_ray(timeout_s: float) -> None:
     try:
         with _environment(env), _deadline(timeout_s), _progress(started):
             # "local": a new instance, whatever $RAY_ADDRESS (set just above) says
-            ray.init(address="local", include_dashboard=True, log_to_driver=True)
+            ray.init(
+                address="local",
+                include_dashboard=True,
+                log_to_driver=True,
+                logging_level=ray_log_level(),
+            )
     except BaseException as err:
         _stop_half_started()
         if isinstance(err, _StartTimeout):
@@ -74,6 +79,12 @@ def start_local_ray(timeout_s: float) -> None:
             ) from None
         raise
     logger.debug(f"local Ray at {address} started in {time.monotonic() - started:.1f} s")
+
+
+def ray_log_level() -> int:
+    """The level of Ray's own logger in the driver: its start notes only with -v."""
+    verbose = logging.getLogger("detrdistill").isEnabledFor(logging.DEBUG)
+    return logging.DEBUG if verbose else logging.WARNING
 
 
 class _StartTimeout(Exception):

@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import tracking
+from orchestrator.console import LIVE
 from orchestrator.data.build import build_datasets
 from orchestrator.errors import DIVERGED, RunFailed, UserInputError
+from orchestrator.launch.dataset_input import dataset_inputs
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
 from orchestrator.launch.local_ray import start_timeout
 from orchestrator.launch.resume import resume_changes, save_started_spec
 from orchestrator.launch.session import ACTIVE_RUNS, init_ray, shutdown_local_ray, stopped
 from orchestrator.launch.worker import build_trainer
-from orchestrator.spec.params import flatten_params, spec_to_yaml
+from orchestrator.progress_line import duration
+from orchestrator.spec.params import run_params, spec_to_yaml
 from orchestrator.spec.paths import name_problem
 from orchestrator.spec.sections import ExperimentSpec, HfTeacherSpec, TeacherSpec
 from orchestrator.training import checkpoints
@@ -48,6 +51,11 @@ class RunResult:
 def preflight(spec: ExperimentSpec) -> int:
     """Checks that need files: datasets open, class counts agree, teacher weights fit.
     Returns the number of classes. Raises UserInputError naming the field."""
+    return len(checked_datasets(spec)["train"].class_names)
+
+
+def checked_datasets(spec: ExperimentSpec) -> dict[str, Any]:
+    """`preflight`'s checks; the datasets by split."""
     train_set, val_set = build_datasets(spec.data, verify_images=True)
     for split, dataset in (("train", train_set), ("val", val_set)):
         if len(dataset) == 0:
@@ -73,7 +81,7 @@ def preflight(spec: ExperimentSpec) -> int:
         if problem:
             raise UserInputError(f"teacher.weights: {problem}")
         load_teacher_model(spec, train_set.class_names)  # weights fit, classes map
-    return k
+    return {"train": train_set, "val": val_set}
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -136,14 +144,30 @@ def diverged_message(err: BaseException, folder: Path, spec: ExperimentSpec) -> 
     )
 
 
+@dataclass
+class ParentRun:
+    """Where a run of `compare` goes: a child of `run_id` in `experiment`, named `role`."""
+
+    experiment: str
+    run_id: str
+    role: str
+
+
+def role_of(spec: ExperimentSpec) -> str:
+    """What a run is to its user: `distilled` (it learns from a teacher) or `trained`."""
+    return "trained" if spec.distill.method == "none" else "distilled"
+
+
 def run_experiment(
     spec: ExperimentSpec,
     run_name: str = "default",
     address: str | None = None,
     restart: bool = False,
     storage_path: str | Path = "runs",
+    parent: ParentRun | None = None,
 ) -> RunResult:
-    """Run `spec` (already resolved to absolute paths) end to end and return the summary."""
+    """Run `spec` (already resolved to absolute paths) end to end and return the summary;
+    with `parent`, as a child run of a comparison."""
     problem = name_problem(run_name, "run name")
     if problem:
         raise UserInputError(problem)
@@ -155,9 +179,10 @@ def run_experiment(
     artifacts = tracking.artifact_root(uri)
     if artifacts is not None:
         check_writable(Path(artifacts.removeprefix("file://")), "MLflow artifacts")
-    preflight(spec)
+    datasets = checked_datasets(spec)
     run_key = f"{spec.name}-{run_name}"
-    experiment_id = tracking.ensure_experiment(uri, spec.mlflow.experiment)
+    experiment = parent.experiment if parent else spec.mlflow.experiment
+    experiment_id = tracking.ensure_experiment(uri, experiment, _description(spec))
     # an MLflow run is continued only when Ray has checkpoints to resume it from (in-process
     # runs, num_workers 0, keep none): otherwise its metrics would be logged twice
     resumable = spec.scaling.num_workers > 0 and any((storage / run_key).glob("checkpoint_*"))
@@ -166,12 +191,19 @@ def run_experiment(
         shutil.rmtree(storage / run_key, ignore_errors=True)
         tracking.delete_runs_with_key(uri, experiment_id, run_key)
         save_started_spec(storage / run_key, spec)
+    role = parent.role if parent else role_of(spec)
     tags = {
+        "role": role,
         "architecture": spec.student.architecture,
         "method": spec.distill.method,
         "git_commit": tracking.git_commit(Path(__file__).parent),
     }
-    run_id, resumed = tracking.find_or_create_run(uri, experiment_id, run_key, run_key, tags)
+    display = (
+        parent.role if parent else spec.name + ("" if run_name == "default" else f"-{run_name}")
+    )
+    run_id, resumed = tracking.find_or_create_run(
+        uri, experiment_id, run_key, display, tags, parent.run_id if parent else None
+    )
     # a resumed run keeps the teacher it started with, whatever the name points at now
     spec = pin_teacher(spec, tracking.run_tag(uri, run_id, "teacher") if resumed else None)
     run_logger = tracking.RunLogger(uri, run_id)
@@ -179,10 +211,12 @@ def run_experiment(
     if not resumed:
         run_logger.tags({"teacher": spec.teacher.source if spec.teacher else "none"})
         run_logger.text(spec_to_yaml(spec), "spec.yaml")
-        run_logger.params(flatten_params(spec))
+        run_logger.params(run_params(spec, len(datasets["train"].class_names)))
+        for entry in dataset_inputs(spec.data, datasets):
+            run_logger.dataset(**entry)
     logger.info(
         f"{'resuming' if resumed else 'starting'} run {run_key} (MLflow run {run_id}, "
-        f"experiment {spec.mlflow.experiment}, {uri})"
+        f"experiment {experiment}, {uri})"
     )
     if changes:
         logger.info("changed since the run started: " + "; ".join(changes))
@@ -202,8 +236,10 @@ def run_experiment(
         )
         result = trainer.fit()
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, SIGTERM, Ray's SIGINT exit
+        LIVE.close()
         raise stopped(err) from None
     except Exception as err:
+        LIVE.close()
         run_logger.finish("FAILED")
         ACTIVE_RUNS.remove(run_logger)
         shutdown_local_ray()  # no Ray actors outlive a failed run
@@ -211,6 +247,7 @@ def run_experiment(
         if diverged:
             raise RunFailed(diverged) from None
         raise
+    LIVE.close()
     try:
         version, model_file = _export(spec, result, resumed, run_logger, storage / run_key)
     except (KeyboardInterrupt, SystemExit) as err:
@@ -223,8 +260,17 @@ def run_experiment(
     ACTIVE_RUNS.remove(run_logger)
     metrics = dict(result.metrics or {})
     summary = RunResult(run_key, run_id, uri, metrics, _best_ap(model_file), version, model_file)
-    _print_summary(summary, spec, time.monotonic() - started)
+    _print_summary(summary, spec, time.monotonic() - started, experiment_id)
     return summary
+
+
+def _description(spec: ExperimentSpec) -> str:
+    teacher = f", teacher {spec.teacher.source}" if spec.teacher is not None else ""
+    return (
+        f"detrdistill runs of the spec `{spec.name}`: a {spec.student.architecture} trained "
+        f"with method `{spec.distill.method}`{teacher}. Charts: train/ (losses), distill/ "
+        "(distillation terms), val/ (COCO AP), stability/ (matching instability), system/."
+    )
 
 
 def _export(
@@ -252,19 +298,31 @@ def _best_ap(model_file: Path | None) -> float | None:
     return checkpoints.read_model_file(model_file)["extra"].get("val_AP")
 
 
-def _print_summary(result: RunResult, spec: ExperimentSpec, seconds: float) -> None:
+def _print_summary(
+    result: RunResult, spec: ExperimentSpec, seconds: float, experiment_id: str
+) -> None:
     ap = result.metrics.get("val/AP")
     ap50 = result.metrics.get("val/AP50")
-    lines = [
-        f"run {result.run_key} finished in {seconds:.0f}s",
-        f"  final val AP {ap:.3f}  AP50 {ap50:.3f}" if ap is not None else "  no evaluation",
-        f"  best val AP {result.best_ap:.3f}" if result.best_ap is not None else "",
-        f"  MLflow run {result.mlflow_run_id} in {result.tracking_uri}",
-        f"  registered as models:/{spec.mlflow.register_as}/{result.registered_version}"
+    uri = result.tracking_uri
+    page = f"#/experiments/{experiment_id}/runs/{result.mlflow_run_id}"
+    if uri.startswith(("http://", "https://")):
+        browse = f"  browse: {uri.rstrip('/')}/{page}"
+    else:
+        browse = f"  browse: mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+    registered = (
+        f"  model: models:/{spec.mlflow.register_as}/{result.registered_version}"
         if result.registered_version
-        else "  not registered (set mlflow.register_as)",
-        f"  browse: {result.tracking_uri}"
-        if result.tracking_uri.startswith(("http://", "https://"))
-        else f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}",
+        else "  not registered (set mlflow.register_as)"
+    )
+    lines = [
+        f"run {result.run_key} finished in {duration(seconds)} ({spec.train.epochs} epochs)",
+        f"  final val AP {ap:.3f}  AP50 {ap50:.3f}" if ap is not None else "  no evaluation",
+        f"  best val AP {result.best_ap:.3f} (the exported model)"
+        if result.best_ap is not None
+        else "",
+        registered,
+        f"  model file: {result.model_file}" if result.model_file else "",
+        f"  MLflow run {result.mlflow_run_id} in {uri}",
+        browse,
     ]
     logger.info("\n".join(line for line in lines if line))

@@ -9,8 +9,10 @@ import shutil
 import signal
 from typing import Any
 
+from orchestrator.console import is_verbose
 from orchestrator.errors import RunFailed, RunStopped, UserInputError
-from orchestrator.launch.local_ray import start_local_ray, start_timeout
+from orchestrator.launch.local_ray import ray_log_level, start_local_ray, start_timeout
+from orchestrator.launch.relay import install_relay
 
 logger = logging.getLogger("detrdistill")
 
@@ -89,18 +91,20 @@ def close_active_runs(status: str) -> None:
             logger.warning(f"could not close an MLflow run: {err}")
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, progress: bool = True) -> None:
     """Connect to `address` (or $RAY_ADDRESS inside a Ray Job), else start a local Ray within
-    $DETRDISTILL_RAY_START_TIMEOUT seconds."""
+    $DETRDISTILL_RAY_START_TIMEOUT seconds. The workers' output reaches this console through
+    the relay (`progress`: their training progress as the live line)."""
     import ray
 
     if ray.is_initialized():
         return
+    verbose = is_verbose()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray Job
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=ray_log_level())
         else:
             _started_here.append(True)
             start_local_ray(start_timeout())
@@ -110,5 +114,6 @@ def init_ray(address: str | None) -> None:
         shutdown_local_ray()
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise RunFailed(f"could not start {where}: {str(err).splitlines()[0][:300]}") from None
+    install_relay(verbose, progress)
     if _handle_stop:
         _install()

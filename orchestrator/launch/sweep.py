@@ -149,7 +149,7 @@ def run_sweep(
         f"{'resuming' if resumed else 'starting'} sweep {sweep_key} ({spec.tune.scheduler.kind}, "
         f"{spec.tune.searcher} search; MLflow parent run {parent_id} in {uri})"
     )
-    init_ray(address)
+    init_ray(address, progress=False)  # trials would fight over one live line
     concurrent = _concurrency(spec, pbt)
     base = spec.model_dump(mode="json", exclude={"tune"})
     base["mlflow"]["register_as"] = None  # only the best trial is registered, by the driver

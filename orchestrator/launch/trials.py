@@ -13,7 +13,7 @@ from orchestrator.console import configure_console
 from orchestrator.launch.export import best_checkpoint, export_checkpoint
 from orchestrator.launch.worker import RayTrainReporter, build_trainer
 from orchestrator.spec.loader import load_spec_dict
-from orchestrator.spec.params import flatten_params, spec_to_yaml
+from orchestrator.spec.params import run_params, spec_to_yaml
 from orchestrator.spec.search_space import apply
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
@@ -45,7 +45,7 @@ def _child_run(
     if not resumed:
         logger = tracking.RunLogger(uri, run_id)
         logger.text(spec_to_yaml(spec), "spec.yaml")
-        logger.params(flatten_params(spec))
+        logger.params(run_params(spec))
         logger.params({f"trial.{k}": json.dumps(v) for k, v in params.items()})
     return run_id
 
@@ -55,7 +55,7 @@ def _start_trial(config: dict, context: dict) -> tuple[str, ExperimentSpec, str]
     trial is a fresh process)."""
     import ray.tune
 
-    configure_console(context["verbose"])
+    configure_console(context["verbose"], relayed=True)
     tune_context = ray.tune.get_context()
     trial_id, trial_name = tune_context.get_trial_id(), tune_context.get_trial_name()
     spec = trial_spec(context["base"], config, trial_name)

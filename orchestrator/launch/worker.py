@@ -4,6 +4,7 @@ reporter that turns the fit loop's reports into `ray.train.report` / `ray.tune.r
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator.console import configure_console, is_verbose
+from orchestrator.console import configure_console, is_verbose, quiet_libraries
+from orchestrator.launch.retention import CheckpointRetention
 from orchestrator.spec.loader import load_spec_dict
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training.fit import default_device, fault_injector, run_training
@@ -81,7 +83,9 @@ def worker_device(spec: ExperimentSpec) -> torch.device:
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: `config` holds the resolved spec dict and the MLflow run."""
-    configure_console(config.get("verbose", False))
+    # Ray Train's local mode (num_workers 0) runs this in the driver: nothing to relay there
+    relayed = config.get("driver_pid") != os.getpid()
+    configure_console(config.get("verbose", False), relayed=relayed)
     spec = load_spec_dict(config["spec"], source="<worker>")
     reporter = RayTrainReporter(config["scratch_dir"])
     factory = None
@@ -110,6 +114,8 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    quiet_libraries(is_verbose())  # Ray's import set its own loggers' levels
+
     scaling = spec.scaling
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
@@ -120,6 +126,7 @@ def build_trainer(
             "spec": spec.model_dump(mode="json"),
             "scratch_dir": str(storage / run_key / "scratch"),
             "verbose": is_verbose(),  # the driver's -v reaches the workers' console
+            "driver_pid": os.getpid(),
             **extra,
         },
         scaling_config=ScalingConfig(
@@ -128,12 +135,20 @@ def build_trainer(
         run_config=RunConfig(
             name=run_key,
             storage_path=str(storage),
+            # Ray keeps every checkpoint; the retention callback removes what it need not keep
             checkpoint_config=CheckpointConfig(
-                num_to_keep=spec.checkpoint.num_to_keep,
                 checkpoint_score_attribute=spec.checkpoint.score_metric,
                 checkpoint_score_order=spec.checkpoint.score_mode,
             ),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
-            callbacks=callbacks,
+            callbacks=[
+                CheckpointRetention(
+                    spec.checkpoint.score_metric,
+                    spec.checkpoint.score_mode,
+                    spec.checkpoint.num_to_keep,
+                    spec.checkpoint.keep_last,
+                ),
+                *(callbacks or []),
+            ],
         ),
     )

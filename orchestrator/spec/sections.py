@@ -215,7 +215,12 @@ class ScalingSpec(StrictConfig):
 
 
 class CheckpointSpec(StrictConfig):
-    num_to_keep: PositiveInt = 2
+    num_to_keep: PositiveInt = Field(
+        1, description="the best checkpoints (by score_metric) kept on disk, besides keep_last"
+    )
+    keep_last: PositiveInt = Field(
+        1, description="the latest checkpoints kept on disk (a resume starts from the last)"
+    )
     score_metric: str = "val/AP"
     score_mode: Literal["max", "min"] = "max"
     export: Literal["student", "ema", "best"] = Field(

@@ -28,6 +28,46 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return not bool(bad)
 
 
+def _to_host(values: torch.Tensor) -> list[float]:
+    """The one device-to-host transfer of the loss sums: a seam tests count calls to."""
+    return values.tolist()
+
+
+class _DeviceSums:
+    """Running sums of named scalar loss tensors kept on their device: one stacked add per step
+    and no host sync until `read`, so thirty loss terms cost one transfer per progress line, not
+    thirty syncs per step. A name missing from a step adds zero to its sum."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.total: torch.Tensor | None = None  # [len(names)] float32, on the losses' device
+        self._read_at = -1
+        self._read: dict[str, float] = {}
+        self._steps = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        terms = [value.detach().float() for value in values.values()]
+        new = [name for name in values if name not in self.names]
+        if new:
+            self.names += new
+            zeros = terms[0].new_zeros(len(new))
+            self.total = zeros if self.total is None else torch.cat([self.total, zeros])
+        if list(values) == self.names:
+            self.total += torch.stack(terms)  # [terms]
+        else:  # a step without some terms, or in another order: one add per term, still no sync
+            for name, term in zip(values, terms, strict=True):
+                self.total[self.names.index(name)] += term
+        self._steps += 1
+
+    def read(self) -> dict[str, float]:
+        """The sums as Python floats, transferred once per step at most."""
+        if self._read_at != self._steps:
+            host = [] if self.total is None else _to_host(self.total)
+            self._read = dict(zip(self.names, host, strict=True))
+            self._read_at = self._steps
+        return self._read
+
+
 def _sync_objective_gradients(objective: TrainingObjective) -> None:
     """Average the gradients of an objective's own parameters (distillation adapters) over
     workers: they live outside the DDP-wrapped student, so DDP does not do it."""
@@ -56,11 +96,16 @@ def train_one_epoch(
     log: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; returns the epoch means of every loss term and diagnostic, plus
-    `loss`, `lr`, `images_per_s` and `epoch_time`. `log` gets a progress dict every `log_every`
-    iterations (epoch, iteration, total, loss, images/s, eta_s)."""
+    `loss` (the total), `loss_det` (the terms not named `distill_*`, comparable between a
+    baseline and a distilled run), `lr`, `images_per_s` and `epoch_time`. `log` gets a progress
+    dict every `log_every` iterations (epoch, iteration, total, loss, images/s, eta_s).
+
+    Loss terms are summed on the device: the host syncs once per step for the finite check and
+    once per progress line and epoch end for the sums (see `_to_host`)."""
     model.train()
     total_iters = len(loader) if max_iters is None else min(len(loader), max_iters)
-    sums: dict[str, float] = {}
+    loss_sums = _DeviceSums()
+    diagnostic_sums: dict[str, float] = {}
     images = 0
     start = time.perf_counter()
     use_amp = amp and device.type == "cuda"
@@ -89,10 +134,9 @@ def train_one_epoch(
             scheduler.step()
         objective.after_step()
         images += len(batch)
-        for key, value in {"loss": loss, **losses}.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        loss_sums.add({"loss": loss, **losses})
         for key, value in diagnostics.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+            diagnostic_sums[key] = diagnostic_sums.get(key, 0.0) + float(value)
         done = iteration + 1
         if log is not None and (done % log_every == 0 or done == total_iters):
             elapsed = time.perf_counter() - start
@@ -101,14 +145,21 @@ def train_one_epoch(
                     "epoch": epoch,
                     "iteration": done,
                     "total": total_iters,
-                    "loss": sums["loss"] / done,
+                    "loss": loss_sums.read()["loss"] / done,
                     "images_per_s": images / elapsed,
                     "eta_s": elapsed / done * (total_iters - done),
                 }
             )
     elapsed = time.perf_counter() - start
     count = max(1, min(total_iters, len(loader)))
-    metrics = {key: value / count for key, value in sums.items()}
+    metrics = {key: value / count for key, value in loss_sums.read().items()}
+    if metrics:
+        metrics["loss_det"] = sum(
+            value
+            for key, value in metrics.items()
+            if key != "loss" and not key.startswith("distill_")
+        )
+    metrics.update({key: value / count for key, value in diagnostic_sums.items()})
     metrics.update(
         lr=optimizer.param_groups[0]["lr"],
         images_per_s=images / max(elapsed, 1e-9),

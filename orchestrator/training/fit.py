@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import torch.distributed as dist
 from torch import nn
 
 from detr_models.build import unwrap
+from orchestrator.console import show_progress
 from orchestrator.data.loader import set_epoch
 from orchestrator.evaluation.coco import METRIC_NAMES, format_metrics_table
-from orchestrator.evaluation.drawing import draw_sample
+from orchestrator.evaluation.mosaic import sample_mosaic
+from orchestrator.evaluation.pr_curve import per_class_markdown, per_class_table, pr_curve_figure
 from orchestrator.evaluation.stability import assignment_agreement
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
@@ -59,22 +62,48 @@ def run_training(
         index = [setup.device.index] if setup.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=index)
     run_logger = logger_factory() if (logger_factory is not None and rank == 0) else None
+    params_m = sum(p.numel() for p in unwrap(model).parameters()) / 1e6
     if rank == 0:
         logger.info(
-            f"training {spec.student.architecture} on {world} worker(s), device {setup.device}, "
-            f"{torch.get_num_threads()} CPU threads per worker, {len(setup.train_set)} train / "
-            f"{len(setup.val_set)} val images, {setup.iters_per_epoch} iterations per epoch"
+            f"training {spec.student.architecture} ({params_m:.2f} M parameters) on {world} "
+            f"worker(s), device {setup.device}, {torch.get_num_threads()} CPU threads per "
+            f"worker, {len(setup.train_set)} train / {len(setup.val_set)} val images, "
+            f"{setup.iters_per_epoch} iterations per epoch"
         )
+    monitor = None
+    if run_logger is not None:
+        monitor = run_logger.system_metrics(resumed)
+        run_logger.metrics({"model/params_M": params_m}, step=0)
+    try:
+        return _epochs(setup, model, state, reporter, run_logger, fault, exploited_from, world)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _epochs(
+    setup: TrainingSetup,
+    model: nn.Module,
+    state: TrainingState,
+    reporter: Reporter,
+    run_logger: Any,
+    fault: Callable[[int], None] | None,
+    exploited_from: str | None,
+    world: int,
+) -> dict[str, float]:
+    """The epochs from `state.epoch` on (the teacher's score first, on a fresh run)."""
+    spec, rank = setup.spec, reporter.rank
     teacher = setup.objective.teacher_model
-    if teacher is not None and not resumed:
+    if teacher is not None and state.epoch == 0:
         # how good the teacher is on this validation set, once, so runs can be compared
         scores, _ = evaluate(
             teacher, setup.val_loader, setup.evaluator, setup.device, amp=spec.train.amp
         )
         if rank == 0:
-            logger.info(format_metrics_table(scores, title="teacher on the validation set"))
+            logger.info(f"teacher on the validation set: {score_line(scores)}")
         if run_logger is not None:
             run_logger.metrics({f"teacher/{k}": scores[k] for k in METRIC_NAMES}, step=0)
+    progress = _progress(spec, state.epoch) if rank == 0 else None
     metrics: dict[str, float] = {}
     for epoch in range(state.epoch, spec.train.epochs):
         set_epoch(setup.loader, epoch)
@@ -91,9 +120,9 @@ def run_training(
             amp=spec.train.amp,
             max_iters=spec.train.max_iters_per_epoch,
             log_every=spec.train.log_every,
-            log=_log_progress if rank == 0 else None,
+            log=progress,
         )
-        metrics = {f"train/{k}": v for k, v in train_metrics.items()}
+        metrics = epoch_metric_names(train_metrics)
         evaluated = (epoch + 1) % spec.train.eval_interval == 0 or epoch + 1 == spec.train.epochs
         if evaluated:
             _validate(setup, model, state, epoch, run_logger)
@@ -104,6 +133,8 @@ def run_training(
             exploited_from = None
         state.epoch = epoch + 1
         state.record(fresh, epoch + 1)
+        if evaluated and state.best is not None:
+            fresh["best/val_AP"] = state.best
         if run_logger is not None:
             run_logger.metrics(fresh, step=epoch + 1)  # validation only where it was measured
         # Ray ranks checkpoints by the score metric: an epoch without evaluation reports the
@@ -170,26 +201,42 @@ def _resume(setup: TrainingSetup, reporter: Reporter) -> tuple[TrainingState, st
 def _validate(
     setup: TrainingSetup, model: nn.Module, state: TrainingState, epoch: int, run_logger: Any
 ) -> None:
-    """COCO AP of the student (and the EMA teacher) into `state.last_eval`; sample images."""
+    """COCO AP of the student (and the EMA teacher) into `state.last_eval`: one line per
+    evaluation, the full table at the last epoch; the sample mosaic as a step image."""
     spec = setup.spec
+    final = epoch + 1 == spec.train.epochs
     keep = spec.mlflow.log_images if run_logger is not None else 0
     scores, samples = evaluate(
         model, setup.val_loader, setup.evaluator, setup.device, amp=spec.train.amp, keep_images=keep
     )
+    details = setup.evaluator.last_details
     state.last_eval = {f"val/{k}": scores[k] for k in METRIC_NAMES}
     shown = logger.info if setup.rank == 0 else logger.debug
-    shown(format_metrics_table(scores, title=f"epoch {epoch + 1} validation"))
+    line = f"epoch {epoch + 1}/{spec.train.epochs} validation: {score_line(scores)}"
+    tables = [format_metrics_table(scores, title=f"final validation (epoch {epoch + 1})")]
     ema = setup.objective.ema_model
     if ema is not None:
-        scores, _ = evaluate(
+        ema_scores, _ = evaluate(
             ema, setup.val_loader, setup.evaluator, setup.device, amp=spec.train.amp
         )
-        state.last_eval.update({f"val_ema/{k}": scores[k] for k in METRIC_NAMES})
-        shown(format_metrics_table(scores, title=f"epoch {epoch + 1} EMA validation"))
-    if run_logger is not None:
-        for i, sample in enumerate(samples):
-            drawn = draw_sample(sample, setup.val_set.class_names)
-            run_logger.image(drawn, f"predictions/epoch_{epoch + 1:03d}_{i}.png")
+        state.last_eval.update({f"val_ema/{k}": ema_scores[k] for k in METRIC_NAMES})
+        line += f"  |  EMA teacher: {score_line(ema_scores)}"
+        tables.append(format_metrics_table(ema_scores, title="final EMA teacher validation"))
+    best = max(state.best if state.best is not None else -1.0, scores["AP"])
+    shown(f"{line}  (best AP {best:.3f})")
+    if final:
+        shown("\n".join(tables))
+    if run_logger is None:
+        return
+    names = setup.val_set.class_names
+    if samples:
+        run_logger.step_image(sample_mosaic(samples, names), "predictions", step=epoch + 1)
+    if final:  # where the model ended: precision-recall and AP per class
+        figure = pr_curve_figure(details, names)
+        if figure is not None:
+            run_logger.figure(figure, "evaluation/pr_curve.png")
+        run_logger.table(per_class_table(details, names), "evaluation/per_class_ap.json")
+        run_logger.text(per_class_markdown(details, names), "evaluation/per_class_ap.md")
 
 
 def _stability(setup: TrainingSetup, model: nn.Module) -> dict[str, float]:
@@ -243,8 +290,38 @@ def _checkpoint(
     return directory
 
 
-def _log_progress(info: dict[str, Any]) -> None:
-    logger.info(
-        f"epoch {info['epoch'] + 1} iter {info['iteration']}/{info['total']}  "
-        f"loss {info['loss']:.4f}  {info['images_per_s']:.1f} img/s  eta {info['eta_s']:.0f}s"
-    )
+def epoch_metric_names(train_metrics: dict[str, float]) -> dict[str, float]:
+    """The engine's epoch means under their chart groups: distillation terms (`distill_*`)
+    under `distill/`, the rest (losses, lr, speed) under `train/`."""
+    return {
+        f"distill/{k[len('distill_') :]}" if k.startswith("distill_") else f"train/{k}": v
+        for k, v in train_metrics.items()
+    }
+
+
+def score_line(scores: dict[str, float]) -> str:
+    """`AP 0.412  AP50 0.633  AP75 0.437` (what one evaluation prints)."""
+    return "  ".join(f"{k} {scores[k]:.3f}" for k in ("AP", "AP50", "AP75") if k in scores)
+
+
+def _progress(spec: ExperimentSpec, first_epoch: int) -> Callable[[dict[str, Any]], None]:
+    """The engine's progress reports as the console's live line, with the run's ETA from the
+    time per epoch so far (validation included)."""
+    started = time.monotonic()
+
+    def report(info: dict[str, Any]) -> None:
+        fraction = info["iteration"] / max(1, info["total"])
+        done = info["epoch"] - first_epoch + fraction
+        left = spec.train.epochs - info["epoch"] - fraction
+        elapsed = time.monotonic() - started
+        show_progress(
+            dict(
+                info,
+                run=spec.name,
+                epoch=info["epoch"] + 1,
+                epochs=spec.train.epochs,
+                run_eta_s=elapsed / done * left if done > 0 else 0.0,
+            )
+        )
+
+    return report
