@@ -3,6 +3,7 @@ on one machine that never look at each other's Ray."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def _assert_a_quiet_console(text: str, run_key: str) -> None:
     lines = [line for line in text.splitlines() if line.strip()]
     for noise in ("TrainingReport(", "Checkpoint successfully created", "RayTrainWorker", "\x1f"):
         assert not any(noise in line for line in lines), (noise, text)
-    assert not any(a == b for a, b in zip(lines, lines[1:])), text  # nothing printed twice
+    assert not any(a == b for a, b in itertools.pairwise(lines)), text  # nothing printed twice
     assert sum("validation: AP" in line for line in lines) == 1, text  # the one evaluation
     assert f"run {run_key} finished in" in text and "browse: mlflow ui" in text, text
     assert len(lines) < 40, text
