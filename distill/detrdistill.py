@@ -176,7 +176,7 @@ class DETRDistill(TrainingObjective):
             probs = t_out.logits[t].sigmoid().max(-1).values  # [B,Qt]
             scores += [probs[b, j.to(probs.device)] for b, (_, j) in enumerate(indices)]
         if scores:
-            diagnostics["distill_teacher_score"] = float(torch.cat(scores).mean())
+            diagnostics["distill_teacher_score"] = torch.cat(scores).mean().detach()
         return losses
 
     def _feature_terms(
@@ -213,7 +213,7 @@ class DETRDistill(TrainingObjective):
                 )
             losses[f"distill_feature_s{j}"] = total * scale * weights[j]
         if coverage:
-            diagnostics["distill_feature_mask_mean"] = float(torch.stack(coverage).mean())
+            diagnostics["distill_feature_mask_mean"] = torch.stack(coverage).mean().detach()
         return losses
 
     def _query_prior_terms(

@@ -18,7 +18,7 @@ from detr_models.denoising import denoising_losses
 from detr_models.output import DetrOutput, QueryGroup
 
 Losses = dict[str, torch.Tensor]
-Diagnostics = dict[str, float]
+Diagnostics = dict[str, float | torch.Tensor]  # tensors stay on the device (summed there)
 
 
 @dataclass

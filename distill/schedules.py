@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from detr_models.config import NonNegFloat, StrictConfig
@@ -65,13 +66,14 @@ def schedule_factor(enabled: bool, schedule: Schedule, progress: Progress) -> fl
     return schedule(epoch, progress.fraction)
 
 
-def part_totals(losses: dict, parts: Sequence[str]) -> dict[str, float]:
-    """`distill_<part>_total`: the sum of the `distill_<part>*` loss terms, for each part present."""
+def part_totals(losses: dict, parts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """`distill_<part>_total`: the sum of the `distill_<part>*` loss terms, for each part
+    present, as detached tensors (the engine sums them on the device: no sync per step)."""
     totals = {}
     for part in parts:
         keys = [k for k in losses if k.startswith(f"distill_{part}")]
         if keys:
-            totals[f"distill_{part}_total"] = float(sum(losses[k].detach() for k in keys))
+            totals[f"distill_{part}_total"] = sum(losses[k].detach() for k in keys)
     return totals
 
 

@@ -172,4 +172,4 @@ def test_detrdistill_from_an_hf_teacher_runs_through_the_loop(kind, tmp_path, ti
     logged = {k.removeprefix("train/") for k in last if k.startswith("train/")}
     assert set(TERMS + PRIOR) <= logged
     assert [k for k, v in last.items() if not math.isfinite(v)] == []
-    assert last["train/distill_logits_cls_s0"] > 0
+    assert last["distill/logits_cls_s0"] > 0

@@ -63,8 +63,8 @@ def test_od_detr_run_tracks_both_models_and_exports_the_ema(tmp_path, od_spec):
     assert run.data.tags["method"] == "od_detr"
     assert len(client.get_metric_history(run.info.run_id, "val_ema/AP")) == 2
     assert len(client.get_metric_history(run.info.run_id, "stability_ema/instability")) == 1
-    assert "train/distill_init_cls_s0" in run.data.metrics
-    assert "train/distill_match_agreement" in run.data.metrics
+    assert "distill/init_cls_s0" in run.data.metrics
+    assert "distill/match_agreement" in run.data.metrics
     assert run.data.params["exported_model"] == "ema"
     payload = checkpoints.read_model_file(result.model_file)
     assert payload["extra"]["exported"] == "ema"

@@ -93,19 +93,22 @@ def recorded_cost(tags: dict[str, str], size: int) -> dict[str, Any] | None:
 
 
 def roles(students: list[ExperimentSpec]) -> list[str]:
-    """Child-run names: `baseline` (no distillation) or `distilled`, made unique with the
-    method, then the spec name, then the seed where several students share one."""
-    names = [role_of(spec).replace("trained", "baseline") for spec in students]
-    for detail in (
+    """Child-run names: `baseline` (no distillation) or `distilled`; where several students
+    share one, the first of method, spec name, spec name and seed that tells them apart."""
+    base = [role_of(spec).replace("trained", "baseline") for spec in students]
+    details = (
         lambda spec: spec.distill.method,
         lambda spec: spec.name,
-        lambda spec: f"seed{spec.seed}",
-    ):
-        counts = {n: names.count(n) for n in names}
-        names = [
-            f"{n}-{detail(spec)}" if counts[n] > 1 else n
-            for n, spec in zip(names, students, strict=True)
-        ]
+        lambda spec: f"{spec.name}-seed{spec.seed}",
+    )
+    names = []
+    for index, (role, spec) in enumerate(zip(base, students, strict=True)):
+        same = [other for other, r in zip(students, base, strict=True) if r == role]
+        if len(same) == 1:
+            names.append(role)
+            continue
+        detail = next((d for d in details if len({d(s) for s in same}) == len(same)), None)
+        names.append(f"{role}-{detail(spec)}" if detail else f"{role}-{index + 1}")
     return names
 
 

@@ -209,7 +209,14 @@ def run_experiment(
     run_logger = tracking.RunLogger(uri, run_id)
     ACTIVE_RUNS.append(run_logger)
     if not resumed:
-        run_logger.tags({"teacher": spec.teacher.source if spec.teacher else "none"})
+        teacher = spec.teacher.source if spec.teacher else "none"
+        note = (
+            f"{role}: {spec.student.architecture} from spec `{spec.name}`, method "
+            f"`{spec.distill.method}`"
+            + (f", teacher {teacher}" if spec.teacher else "")
+            + f", {spec.train.epochs} epochs, seed {spec.seed}"
+        )
+        run_logger.tags({"teacher": teacher, "mlflow.note.content": note})
         run_logger.text(spec_to_yaml(spec), "spec.yaml")
         run_logger.params(run_params(spec, len(datasets["train"].class_names)))
         for entry in dataset_inputs(spec.data, datasets):
@@ -304,7 +311,10 @@ def _print_summary(
     ap = result.metrics.get("val/AP")
     ap50 = result.metrics.get("val/AP50")
     uri = result.tracking_uri
-    page = f"#/experiments/{experiment_id}/runs/{result.mlflow_run_id}"
+    # the query picks MLflow's "Model training" view (its UI opens on the GenAI one)
+    page = (
+        f"#/experiments/{experiment_id}/runs/{result.mlflow_run_id}?workflowType=machine_learning"
+    )
     if uri.startswith(("http://", "https://")):
         browse = f"  browse: {uri.rstrip('/')}/{page}"
     else:

@@ -106,6 +106,7 @@ def train_one_epoch(
     total_iters = len(loader) if max_iters is None else min(len(loader), max_iters)
     loss_sums = _DeviceSums()
     diagnostic_sums: dict[str, float] = {}
+    device_diagnostics = _DeviceSums()  # diagnostics handed over as tensors: no sync per step
     images = 0
     start = time.perf_counter()
     use_amp = amp and device.type == "cuda"
@@ -135,8 +136,12 @@ def train_one_epoch(
         objective.after_step()
         images += len(batch)
         loss_sums.add({"loss": loss, **losses})
+        on_device = {k: v for k, v in diagnostics.items() if torch.is_tensor(v)}
+        if on_device:  # diagnostics the objective left on the device sum there too
+            device_diagnostics.add(on_device)
         for key, value in diagnostics.items():
-            diagnostic_sums[key] = diagnostic_sums.get(key, 0.0) + float(value)
+            if key not in on_device:
+                diagnostic_sums[key] = diagnostic_sums.get(key, 0.0) + float(value)
         done = iteration + 1
         if log is not None and (done % log_every == 0 or done == total_iters):
             elapsed = time.perf_counter() - start
@@ -160,6 +165,7 @@ def train_one_epoch(
             if key != "loss" and not key.startswith("distill_")
         )
     metrics.update({key: value / count for key, value in diagnostic_sums.items()})
+    metrics.update({key: value / count for key, value in device_diagnostics.read().items()})
     metrics.update(
         lr=optimizer.param_groups[0]["lr"],
         images_per_s=images / max(elapsed, 1e-9),
