@@ -1,5 +1,5 @@
 """The console: one live progress line (redrawn in a terminal, periodic lines in a file), the
-workers' output relayed once without Ray's prefixes, and which checkpoints stay on disk."""
+workers' output relayed once without Ray's prefixes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from orchestrator import console
 from orchestrator.console import MARK, configure_console, relayed_line, show_progress
 from orchestrator.launch.relay import relay_handler
-from orchestrator.launch.retention import kept
 from orchestrator.progress_line import ProgressLine, duration, progress_text
 
 
@@ -132,13 +131,3 @@ def test_a_sweeps_relay_drops_progress(monkeypatch):
     monkeypatch.setattr(console.LIVE, "update", updates.append)
     relay_handler(False, progress=False)({"lines": [f'{MARK}P{{"epoch": 1}}']})
     assert updates == []
-
-
-def test_kept_checkpoints_are_the_best_and_the_last():
-    inf = float("inf")
-    scores = [0.1, -inf, 0.3, -inf, 0.2, None, -inf]
-    assert kept(scores, keep_best=1, keep_last=1, mode="max") == {2, 6}
-    assert kept(scores, keep_best=2, keep_last=2, mode="max") == {2, 4, 5, 6}
-    assert kept([0.5, 0.2, 0.9], keep_best=1, keep_last=1, mode="min") == {1, 2}
-    assert kept([0.3, 0.3, 0.1], keep_best=1, keep_last=1, mode="max") == {1, 2}  # later tie
-    assert kept([], keep_best=1, keep_last=1, mode="max") == set()

@@ -169,7 +169,7 @@ def test_detrdistill_from_an_hf_teacher_runs_through_the_loop(kind, tmp_path, ti
     )
     reporter = train_local(spec, tmp_path / "out")
     (last,) = reporter.history
-    logged = {k.removeprefix("train/") for k in last if k.startswith("train/")}
+    logged = {"distill_" + k.removeprefix("distill/") for k in last if k.startswith("distill/")}
     assert set(TERMS + PRIOR) <= logged
     assert [k for k, v in last.items() if not math.isfinite(v)] == []
     assert last["distill/logits_cls_s0"] > 0

@@ -210,6 +210,9 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, ray_local, monke
     )
     assert json.dumps(clean_result.metrics["val/AP"]) == json.dumps(resumed.metrics["val/AP"])
     assert resumed.registered_version == "1"
+    # num_to_keep 1: the best checkpoint and the latest, at most two on disk
+    folder = tmp_path / "b" / "runs" / "crashy-default"
+    assert len([d for d in folder.glob("checkpoint_*") if d.is_dir()]) <= 2
     # the finished run, run again: nothing trains, nothing is logged or registered twice
     again = run_experiment(spec, storage_path=tmp_path / "b" / "runs")
     assert again.mlflow_run_id == resumed.mlflow_run_id and again.registered_version is None
@@ -230,6 +233,9 @@ def test_a_killed_worker_recovers_inside_the_same_run(tmp_path, ray_local, monke
     assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [1, 2, 3]  # each epoch logged once, none repeated after the restart
+    # three checkpoints written, the best and the latest kept (checkpoint.num_to_keep: 1)
+    kept = [d for d in (tmp_path / "runs" / "killed-default").glob("checkpoint_*") if d.is_dir()]
+    assert 1 <= len(kept) <= 2
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ from detr_models.config import model_config_from_dict
 from orchestrator import tracking
 from orchestrator.deploy.cost import deploy_cost, describe_cost
 from orchestrator.errors import UserInputError
-from orchestrator.launch.retention import existing
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
 from orchestrator.training.model_source import load_model
@@ -45,12 +44,11 @@ class ExportedDetector(nn.Module):
 
 
 def best_checkpoint(result: Any, metric: str, mode: str) -> Any:
-    """The best checkpoint of a Ray result by `metric` still on disk (the latest when none
-    is scored)."""
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m and existing(c)]
-    if scored:
-        pick = max if mode == "max" else min
-        return pick(scored, key=lambda cm: cm[1][metric])[0]
+    """The best checkpoint of a Ray result by `metric` (the latest when none is scored)."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if scored:  # ties go to the later epoch
+        sign = 1.0 if mode == "max" else -1.0
+        return max(scored, key=lambda cm: (sign * cm[1][metric], cm[1].get("epoch", 0)))[0]
     return result.checkpoint
 
 

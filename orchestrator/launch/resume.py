@@ -19,7 +19,6 @@ SAFE_TO_CHANGE = (
     "mlflow.log_images",
     "mlflow.register_as",
     "checkpoint.num_to_keep",
-    "checkpoint.keep_last",
     "scaling.max_failures",
 )
 

@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.console import configure_console, is_verbose, quiet_libraries
-from orchestrator.launch.retention import CheckpointRetention
 from orchestrator.spec.loader import load_spec_dict
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training.fit import default_device, fault_injector, run_training
@@ -135,20 +134,14 @@ def build_trainer(
         run_config=RunConfig(
             name=run_key,
             storage_path=str(storage),
-            # Ray keeps every checkpoint; the retention callback removes what it need not keep
+            # Ray keeps the num_to_keep best by the score metric and, always, the latest; it
+            # owns the run's checkpoint list (a resume reads it), so it also does the deleting
             checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.checkpoint.num_to_keep,
                 checkpoint_score_attribute=spec.checkpoint.score_metric,
                 checkpoint_score_order=spec.checkpoint.score_mode,
             ),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
-            callbacks=[
-                CheckpointRetention(
-                    spec.checkpoint.score_metric,
-                    spec.checkpoint.score_mode,
-                    spec.checkpoint.num_to_keep,
-                    spec.checkpoint.keep_last,
-                ),
-                *(callbacks or []),
-            ],
+            callbacks=callbacks,
         ),
     )

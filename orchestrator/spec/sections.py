@@ -216,10 +216,9 @@ class ScalingSpec(StrictConfig):
 
 class CheckpointSpec(StrictConfig):
     num_to_keep: PositiveInt = Field(
-        1, description="the best checkpoints (by score_metric) kept on disk, besides keep_last"
-    )
-    keep_last: PositiveInt = Field(
-        1, description="the latest checkpoints kept on disk (a resume starts from the last)"
+        1,
+        description="the best checkpoints (by score_metric) kept on disk; the latest is always "
+        "kept too (a resume starts from it)",
     )
     score_metric: str = "val/AP"
     score_mode: Literal["max", "min"] = "max"
