@@ -19,9 +19,10 @@ from orchestrator.training.checkpoints import read_model_file
 from orchestrator.training.model_source import load_model
 
 
-def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
+def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec, monkeypatch):
     # the defaults: a pt2 MLflow model and a checked ONNX file with size and latency
     spec = tiny_spec(tmp_path, **{"mlflow.model_format": "pt2", "mlflow.onnx": True})
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # 10 s by default
     temp = Path(tempfile.gettempdir())
     before = set(temp.glob("detrdistill-*"))
     result = run_experiment(spec, storage_path=tmp_path / "runs")
@@ -58,6 +59,7 @@ def test_local_mode_run_tracks_and_registers(tmp_path, tiny_spec):
         m.value for m in client.get_metric_history(run.info.run_id, "val/AP")
     )
     assert run.data.metrics["model/params_M"] > 0
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # system metrics on
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
     # two evaluations (the exported model's metrics repeat its epoch's point, on the model)
     assert {m.step for m in client.get_metric_history(run.info.run_id, "val/AP50")} == {1, 2}
