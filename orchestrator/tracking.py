@@ -22,6 +22,9 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from orchestrator.console import is_verbose, quiet_libraries
+
+quiet_libraries(is_verbose())  # importing mlflow set its loggers' levels: INFO off the console
 logger = logging.getLogger("detrdistill")
 RUN_KEY_TAG = "detrdistill.run_key"
 MODEL_URI_TAG = "detrdistill.model_uri"  # where log_model put the run's exported student

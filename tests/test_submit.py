@@ -141,15 +141,9 @@ def local_cluster(tmp_path: Path, token_file: Path | None = None):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    with local_cluster(tmp_path) as addresses:
-        yield addresses
-
-
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_a_token_protected_cluster_takes_the_token_file_and_never_shows_it(
+@pytest.mark.timeout(900)
+def test_submit_runs_on_a_token_protected_cluster_tracks_to_its_server_and_stops(
     tmp_path, capsys, tiny_yaml
 ):
     token = tmp_path / "token"
@@ -158,38 +152,28 @@ def test_a_token_protected_cluster_takes_the_token_file_and_never_shows_it(
         # without the token the cluster refuses, with a clear message and exit 2
         assert main(["jobs", "list", "--address", address]) == 2
         assert "Authentication required" in capsys.readouterr().err
-        spec = tiny_yaml(tmp_path / "spec.yaml", tracking)
-        code = main(
-            ["submit", str(spec), "--address", address, "--token-file", str(token), "--wait"]
-        )
+        auth = ["--address", address, "--token-file", str(token)]
+        spec = tiny_yaml(tmp_path / "spec.yaml", tracking, epochs=2)
+        code = main(["submit", str(spec), *auth, "--wait"])
         out = capsys.readouterr()
-        assert code == 0 and "SUCCEEDED" in out.out, out.out[-2000:]
+        assert code == 0 and "SUCCEEDED" in out.out, out.out[-3000:]
+        assert "submitted job detrdistill-remote-tiny-" in out.out
         assert SECRET not in out.out + out.err
         client = MlflowClient(tracking)
-        (run,) = client.search_runs([client.get_experiment_by_name("remote-tiny").experiment_id])
+        experiment = client.get_experiment_by_name("remote-tiny")
+        (run,) = client.search_runs([experiment.experiment_id])
         assert run.info.status == "FINISHED"
         assert SECRET not in str(run.data.params) + str(run.data.tags)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+        assert client.get_model_version("remote-tiny", "1").run_id == run.info.run_id
+        _a_stopped_job_ends_killed(tmp_path, capsys, tiny_yaml, tracking, auth, experiment)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, capsys, tiny_yaml):
-    address, tracking = cluster
-    spec = tiny_yaml(tmp_path / "spec.yaml", tracking, epochs=2)
-    code = main(["submit", str(spec), "--address", address, "--wait"])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
-    assert "submitted job detrdistill-remote-tiny-" in out and "SUCCEEDED" in out
+def _a_stopped_job_ends_killed(tmp_path, capsys, tiny_yaml, tracking, auth, experiment):
+    """A longer job, stopped while it runs: STOPPED, and its MLflow run closed as KILLED."""
     client = MlflowClient(tracking)
-    experiment = client.get_experiment_by_name("remote-tiny")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
-    assert client.get_model_version("remote-tiny", "1").run_id == run.info.run_id
-
-    # a longer job, stopped while it runs
     long_spec = tiny_yaml(tmp_path / "long.yaml", tracking, epochs=200)
-    assert main(["submit", str(long_spec), "--address", address]) == 0
+    assert main(["submit", str(long_spec), *auth]) == 0
     job_id = next(
         line.split()[-1] for line in capsys.readouterr().out.splitlines() if "submitted job" in line
     )
@@ -198,13 +182,13 @@ def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, 
         if len(client.search_runs([experiment.experiment_id])) == 2:
             break
         time.sleep(2)
-    assert main(["jobs", "status", job_id, "--address", address]) == 0
+    assert main(["jobs", "status", job_id, *auth]) == 0
     assert '"RUNNING"' in capsys.readouterr().out
-    assert main(["jobs", "stop", job_id, "--address", address]) == 0
+    assert main(["jobs", "stop", job_id, *auth]) == 0
     deadline = time.monotonic() + 120
     status = ""
     while time.monotonic() < deadline and '"STOPPED"' not in status:
-        main(["jobs", "status", job_id, "--address", address])
+        main(["jobs", "status", job_id, *auth])
         status = capsys.readouterr().out
         time.sleep(2)
     assert '"STOPPED"' in status
@@ -216,6 +200,6 @@ def test_submit_runs_on_the_cluster_and_tracks_to_its_server(tmp_path, cluster, 
             break
         time.sleep(2)
     assert statuses == {"FINISHED", "KILLED"}
-    assert main(["jobs", "list", "--address", address]) == 0
+    assert main(["jobs", "list", *auth]) == 0
     listing = capsys.readouterr().out
     assert job_id in listing and "SUCCEEDED" in listing
