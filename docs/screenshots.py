@@ -62,25 +62,32 @@ def main() -> None:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
         page = browser.new_page(viewport={"width": 1500, "height": 900})
 
+        # the comparison: one parent run, its teacher / baseline / distilled children
         page.goto(f"{base}/#/experiments/{eid}/runs?{ML}")
-        page.wait_for_timeout(4000)
+        page.wait_for_timeout(5000)
         close_assistant(page)
-        page.get_by_text("Expand rows").click()
+        page.locator('[data-component-id*="runnamecellrenderer"]').first.click()  # expand
         page.wait_for_timeout(1500)
         page.screenshot(path=str(args.out / "compare_runs.png"))
 
-        page.goto(
-            f"{base}/#/experiments/{eid}/runs/{distilled['info']['run_id']}/model-metrics?{ML}"
-        )
-        page.wait_for_timeout(6000)
-        close_assistant(page)
-        page.screenshot(path=str(args.out / "run_charts.png"))
+        # the children's validation AP over epochs, side by side
+        page.locator("input[value=CHART]").evaluate("e => e.click()")
+        page.wait_for_timeout(5000)
+        expand = page.locator('[data-component-id*="runnamecellrenderer"]')
+        if page.get_by_role("link", name="distilled").count() == 0 and expand.count():
+            expand.first.click()
+            page.wait_for_timeout(1500)
+        page.get_by_placeholder("Search metric charts").fill("val/AP")
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(args.out / "val_charts.png"))
 
+        # a registered version: description, tags (AP, method, teacher, params, latency), alias
         page.goto(f"{base}/#/models/{args.model}/versions/{number}?{ML}")
         page.wait_for_timeout(4000)
         close_assistant(page)
         page.screenshot(path=str(args.out / "model_version.png"))
         browser.close()
+    print(f"distilled run {distilled['info']['run_id']}: its predictions mosaic is an artifact")
 
 
 if __name__ == "__main__":

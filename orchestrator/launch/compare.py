@@ -192,12 +192,6 @@ def run_comparison(
     logger.info("\n" + table)
     comparison.logger.text(markdown_table(rows), "comparison.md")
     comparison.logger.table(table_columns(rows), "comparison.json")
-    for row in rows:
-        values = {f"{row.role}/AP": row.ap, f"{row.role}/AP50": row.ap50}
-        for field in ("params_M", "gflops", "onnx_ms", "torch_ms"):
-            if row.cost:
-                values[f"{row.role}/{field}"] = float(row.cost[field])
-        comparison.logger.metrics({k: v for k, v in values.items() if v is not None}, step=0)
     comparison.logger.finish()
     ACTIVE_RUNS.remove(comparison.logger)
     return rows
