@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import BEST_ALIAS, promote_if_best
+from orchestrator.registry import BEST_ALIAS, promote_if_best
 
 
 def test_best_alias_follows_the_highest_val_ap(tmp_path):

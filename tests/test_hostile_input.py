@@ -62,7 +62,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
 def test_a_floating_teacher_reference_is_pinned_to_one_version(tmp_path, tiny_spec):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
+    from orchestrator import registry, tracking
     from orchestrator.launch.run import pin_teacher
 
     spec = tiny_spec(tmp_path)
@@ -73,9 +73,9 @@ def test_a_floating_teacher_reference_is_pinned_to_one_version(tmp_path, tiny_sp
     for _ in range(2):
         run = client.create_run(experiment)
         client.create_model_version("teacher", f"runs:/{run.info.run_id}/model", run.info.run_id)
-    assert tracking.pin_model_version(uri, "models:/teacher/latest")[0] == "models:/teacher/2"
+    assert registry.pin_model_version(uri, "models:/teacher/latest")[0] == "models:/teacher/2"
     client.set_registered_model_alias("teacher", "champion", "1")
-    pinned, run_id = tracking.pin_model_version(uri, "models:/teacher@champion")
+    pinned, run_id = registry.pin_model_version(uri, "models:/teacher@champion")
     assert (
         pinned == "models:/teacher/1" and run_id == client.get_model_version("teacher", "1").run_id
     )

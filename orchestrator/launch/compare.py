@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 from orchestrator.data.build import data_paths
 from orchestrator.deploy.cost import deploy_cost
 from orchestrator.errors import UserInputError
@@ -208,7 +208,7 @@ def _compare(
 ) -> list[Row]:
     uri = comparison.uri
     name = teacher.mlflow.register_as
-    version = None if (retrain_teacher or not name) else tracking.latest_version(uri, name)
+    version = None if (retrain_teacher or not name) else registry.latest_version(uri, name)
     size = teacher.data.eval_size
     rows: list[Row] = []
     if version is None:
@@ -230,7 +230,7 @@ def _compare(
         scores = evaluate_model(source, images, annotations, uri, quiet=True)
         measured = None
         if cost:
-            measured = recorded_cost(tracking.version_tags(uri, name, version), size)
+            measured = recorded_cost(registry.version_tags(uri, name, version), size)
             measured = measured or model_cost(source, uri, size)
         if teacher_run is None:
             teacher_run = _reused_teacher_run(comparison, teacher, name, version, scores)
@@ -252,7 +252,7 @@ def _compare(
         measured = None
         if cost and result.model_file is not None:
             if result.registered_version:
-                tags = tracking.version_tags(
+                tags = registry.version_tags(
                     uri, spec.mlflow.register_as, result.registered_version
                 )
                 measured = recorded_cost(tags, size)
@@ -303,7 +303,7 @@ def _reused_teacher_run(
         comparison.logger.run_id,
     )
     run_logger = tracking.RunLogger(uri, run_id)
-    source_run = tracking.version_run(uri, name, version)
+    source_run = registry.version_run(uri, name, version)
     run_logger.tags(
         {"model": f"models:/{name}/{version}", "trained_by_run": source_run or "unknown"}
     )

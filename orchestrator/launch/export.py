@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from detr_models.config import model_config_from_dict
-from orchestrator import tracking
+from orchestrator import registry
 from orchestrator.deploy.cost import deploy_cost, describe_cost
 from orchestrator.errors import UserInputError
+from orchestrator.evaluation.curves import curves_figure
 from orchestrator.spec.sections import ExperimentSpec
 from orchestrator.training import checkpoints
 from orchestrator.training.model_source import load_model
@@ -78,7 +79,7 @@ def export_checkpoint(
     checkpoints.save_model_file(model_file, model, config, extra)
     run_logger.params({"exported_model": choice})
     logger.info(f"exporting the {choice} model of the chosen checkpoint")
-    figure = tracking.curves_figure(
+    figure = curves_figure(
         {
             k: v
             for k, v in state["history"].items()
@@ -120,7 +121,7 @@ def export_checkpoint(
         if cost is not None:
             description += f". {describe_cost(cost)}; ONNX: runs:/{run_id}/onnx/model.onnx"
             tags.update(cost_tags(cost), onnx=f"runs:/{run_id}/onnx/model.onnx")
-    version = tracking.log_model(
+    version = registry.log_model(
         uri,
         run_id,
         exported,

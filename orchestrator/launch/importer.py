@@ -101,7 +101,7 @@ def _register(
     tracking_uri: str | None,
     source: str,
 ) -> str | None:
-    from orchestrator import tracking
+    from orchestrator import registry, tracking
     from orchestrator.launch.export import ExportedDetector
     from orchestrator.spec.paths import default_tracking_uri
 
@@ -115,7 +115,7 @@ def _register(
         run_logger.artifact(model_file, "model")
         example = np.zeros((1, 3, 64, 64), dtype=np.float32)
         exported = ExportedDetector(imported.model, extra).eval()
-        version = tracking.log_model(
+        version = registry.log_model(
             uri, run_id, exported, example, model_file, name, f"imported from {source}"
         )
     except Exception:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 from orchestrator.console import LIVE
 from orchestrator.data.build import build_datasets
 from orchestrator.errors import DIVERGED, RunFailed, UserInputError
@@ -116,7 +116,7 @@ def pin_teacher(spec: ExperimentSpec, recorded: str | None = None) -> Experiment
         pinned, teacher_run = recorded, None
     else:
         try:
-            pinned, teacher_run = tracking.pin_model_version(spec.mlflow.tracking_uri, source)
+            pinned, teacher_run = registry.pin_model_version(spec.mlflow.tracking_uri, source)
         except Exception as err:
             raise UserInputError(f"teacher.weights: {source}: {str(err)[:300]}") from None
     if pinned != source:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 from orchestrator.console import is_verbose
 from orchestrator.errors import UserInputError
+from orchestrator.evaluation.curves import metric_vs_params_figure
 from orchestrator.launch.local_ray import start_timeout
 from orchestrator.launch.run import check_writable, preflight
 from orchestrator.launch.session import ACTIVE_RUNS, init_ray, shutdown_local_ray, stopped
@@ -209,7 +210,7 @@ def run_sweep(
         child = children[best["trial_id"]]
         if not tracking.has_model(uri, child):  # stopped early by the scheduler: export now
             export_stopped_trial(context, best, child)
-        version = tracking.register_run_model(
+        version = registry.register_run_model(
             uri,
             child,
             spec.mlflow.register_as,
@@ -217,7 +218,7 @@ def run_sweep(
             f"{best['best']:.4f} with " + json.dumps(best["params"]),
         )
     parent.text(table, "results.md")
-    figure = tracking.metric_vs_params_figure(rows, spec.tune.metric)
+    figure = metric_vs_params_figure(rows, spec.tune.metric)
     if figure is not None:
         parent.figure(figure, "metric_vs_params.png")
     if best is not None:

@@ -62,7 +62,7 @@ def resolve_model_file(source: str, tracking_uri: str | None, folder: Path) -> P
         raise UserInputError(problem)
     if not is_mlflow_uri(source):
         return Path(source)
-    from orchestrator.tracking import download  # mlflow is slow to import: only when needed
+    from orchestrator.registry import download  # mlflow is slow to import: only when needed
 
     try:
         local = download(tracking_uri or default_tracking_uri(), source, folder)
