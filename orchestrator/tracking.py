@@ -254,13 +254,31 @@ class RunLogger:
                 self.run_id, resume_logging=resumed, tracking_uri=self.uri
             )
             monitor.start()
-            return monitor
+            return _SystemMetrics(monitor)
         except Exception as err:  # psutil missing, a store that refuses: train regardless
             logger.debug(f"no system metrics for this run: {err}")
             return None
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+class _SystemMetrics:
+    """MLflow's system-metrics sampler whose `finish` also logs the samples of the last,
+    unfinished interval (MLflow's own drops them, so a short run would show none)."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+
+    def finish(self) -> None:
+        monitor = self.monitor
+        monitor.finish()
+        try:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as err:  # the run may be closed already: never fail training
+            logger.debug(f"last system-metrics sample not logged: {err}")
 
 
 # reported to Ray (its schedulers and checkpoint bookkeeping read it) but not an MLflow chart:
