@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from orchestrator.data import synth
+from orchestrator.data.clutter import add_distractors, add_texture, visible_boxes
 from orchestrator.data.synth import (
     CATEGORY_IDS,
     SHAPES,
@@ -243,3 +244,110 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
         generate_shapes(out, force=True, **SMALL)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_the_harder_options_leave_the_default_dataset_and_its_cache_folder_as_they_were(
+    tmp_path: Path,
+) -> None:
+    # the quickstart's data: the same folder name (and bytes) as before the options existed
+    root = ensure_shapes(
+        tmp_path, num_train=256, num_val=32, image_size=128, seed=0, num_classes=3, max_objects=4
+    )
+    assert root.name == "shapes-4b187a36d764"
+    info = json.loads(split_paths(root, "val")[1].read_text())["info"]["params"]
+    assert not set(info) & {"distractors", "occlusion", "textured", "small_objects"}
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hard") / "shapes"
+    return generate_shapes(
+        root,
+        num_train=30,
+        num_val=4,
+        image_size=160,
+        seed=5,
+        num_classes=8,
+        max_objects=8,
+        distractors=6,
+        occlusion=1.0,
+        textured=True,
+        small_objects=True,
+    )
+
+
+def test_occluded_objects_are_annotated_with_their_visible_boxes(hard: Path) -> None:
+    images_dir, ann_file = split_paths(hard, "train")
+    coco = load_coco(ann_file)
+    assert len(coco.getCatIds()) == 8
+    covered = checked = 0
+    for image in coco.loadImgs(coco.getImgIds()):
+        pixels = np.asarray(Image.open(images_dir / image["file_name"]).convert("RGB"), dtype=float)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        for ann in anns:
+            x, y, w, h = (int(v) for v in ann["bbox"])
+            box = pixels[y : y + h, x : x + w]
+            match = np.linalg.norm(box - np.array(ann["color"]), axis=2) < 45
+            # what shows of the object lies inside its box, and the box is tight: its colour
+            # touches all four edges (another object's similar colour can only add pixels)
+            assert match.sum() >= 0.85 * ann["area"] - 4, ann
+            edges = (match[0].any(), match[-1].any(), match[:, 0].any(), match[:, -1].any())
+            assert all(edges), ann
+            checked += 1
+            for other in anns:
+                ox, oy, ow, oh = other["bbox"]
+                iw, ih = min(x + w, ox + ow) - max(x, ox), min(y + h, oy + oh) - max(y, oy)
+                covered += other is not ann and iw > 0 and ih > 0 and iw * ih > 0.3 * w * h
+    assert checked >= 60
+    assert covered >= 5  # objects lie over one another (the default keeps them apart)
+
+
+def test_visible_boxes_follow_what_shows() -> None:
+    owner = np.zeros((20, 20), np.int32)
+    owner[2:12, 2:12] = 1  # a square...
+    owner[2:12, 6:12] = 2  # ...whose right part another object covers
+    owner[15, 15] = 3  # an object almost hidden
+    first, second, hidden = visible_boxes(owner, 3)
+    assert first == ([2.0, 2.0, 4.0, 10.0], 40)
+    assert second == ([6.0, 2.0, 6.0, 10.0], 60)
+    assert hidden is None
+
+
+def test_small_objects(hard: Path) -> None:
+    anns = json.loads(split_paths(hard, "train")[1].read_text())["annotations"]
+    sides = np.sqrt([a["area"] for a in anns]) / 160
+    assert (sides < 0.07).mean() > 0.15  # the small-object bucket
+
+
+def test_textures_and_distractors_draw_over_a_flat_background() -> None:
+    for seed in range(6):  # every texture kind turns up in six seeds
+        canvas = np.full((96, 96, 3), 120, np.uint8)
+        add_texture(np.random.default_rng(seed), canvas)
+        levels = canvas.reshape(-1, 3).astype(int)
+        # a pattern of a second colour at 25-50% opacity: parts of the image differ clearly
+        assert np.abs(levels - [120, 120, 120]).sum(axis=1).max() > 20, seed
+        assert (np.abs(levels - [120, 120, 120]).sum(axis=1) < 3).mean() < 0.9, seed
+    canvas = np.full((96, 96, 3), 120, np.uint8)
+    add_distractors(np.random.default_rng(0), canvas, 6)
+    changed = (canvas != 120).any(axis=2).mean()
+    assert 0.01 < changed < 0.8
+
+
+@pytest.mark.parametrize(("name", "value"), [("occlusion", 1.5), ("distractors", -1)])
+def test_bad_harder_options_raise_value_error(tmp_path: Path, name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=name):
+        generate_shapes(tmp_path / "bad", **{name: value})
+
+
+def test_a_spec_asks_for_the_harder_data(tmp_path: Path) -> None:
+    from orchestrator.data.build import data_paths
+    from orchestrator.spec.sections import DataSpec
+
+    source = {"kind": "synthetic", "train_images": 3, "val_images": 2, "image_size": 64}
+    hard_source = dict(source, distractors=3, occlusion=0.5, textured=True, small_objects=True)
+    plain = data_paths(DataSpec(source={**source, "cache_dir": str(tmp_path)}))
+    harder = data_paths(DataSpec(source={**hard_source, "cache_dir": str(tmp_path)}))
+    assert plain["val"][0].parent != harder["val"][0].parent  # their own cache folders
+    params = json.loads(harder["val"][1].read_text())["info"]["params"]
+    assert params["distractors"] == 3 and params["occlusion"] == 0.5
+    assert params["textured"] is True and params["small_objects"] is True

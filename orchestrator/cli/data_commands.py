@@ -23,6 +23,14 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--classes", type=positive, default=3, help="number of shape classes")
     synth.add_argument("--max-objects", type=positive, default=4, help="objects per image, at most")
+    synth.add_argument(
+        "--distractors", type=non_negative, default=0, help="unannotated clutter per image, at most"
+    )
+    synth.add_argument(
+        "--occlusion", type=float, default=0.0, help="chance an object may cover earlier ones"
+    )
+    synth.add_argument("--textured", action="store_true", help="textured backgrounds")
+    synth.add_argument("--small-objects", action="store_true", help="add 2.5-7%%-of-side objects")
     synth.add_argument("--force", action="store_true", help="replace an existing output folder")
     synth.set_defaults(handler=_run_synth)
 
@@ -54,6 +62,10 @@ def _run_synth(args: argparse.Namespace) -> int:
             seed=args.seed,
             num_classes=args.classes,
             max_objects=args.max_objects,
+            distractors=args.distractors,
+            occlusion=args.occlusion,
+            textured=args.textured,
+            small_objects=args.small_objects,
             force=args.force,
         )
     except ValueError as err:  # bad generator parameters

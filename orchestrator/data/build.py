@@ -23,6 +23,10 @@ def data_paths(data: DataSpec) -> dict[str, tuple[Path, Path]]:
             seed=source.seed,
             num_classes=source.classes,
             max_objects=source.max_objects,
+            distractors=source.distractors,
+            occlusion=source.occlusion,
+            textured=source.textured,
+            small_objects=source.small_objects,
         )
         return {split: split_paths(root, split) for split in ("train", "val")}
     return {

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from orchestrator.data.clutter import add_distractors, add_texture, visible_boxes
+from orchestrator.data.shape_outlines import OUTLINES, SHAPES, UNIT_AREAS
+
 logger = logging.getLogger("detrdistill")
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ellipse", "pentagon", "star")
 CATEGORY_IDS = (1, 3, 7, 8, 12, 15, 20, 24)
 
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -36,60 +38,21 @@ FORMAT_VERSION = 1
 # 32/128 and 96/128 being COCO's small/medium/large limits), so every bucket is well populated.
 # Each row: (probability, low, high).
 SIZE_BUCKETS = ((0.40, 0.07, 0.25), (0.35, 0.25, 0.75), (0.25, 0.75, 0.92))
+# `small_objects`: a bucket of tiny ones (2.5-7% of the side) and fewer large ones
+SMALL_SIZE_BUCKETS = (
+    (0.30, 0.025, 0.07),
+    (0.30, 0.07, 0.25),
+    (0.25, 0.25, 0.75),
+    (0.15, 0.75, 0.92),
+)
+# the harder options, off by default (the default dataset and its cache folder are unchanged)
+HARD_DEFAULTS = {"distractors": 0, "occlusion": 0.0, "textured": False, "small_objects": False}
 MIN_EXTENT_PX = 6.0
 MAX_IOU = 0.2
 MAX_COVER = 0.3
 PLACEMENT_TRIES = 30
 COLOR_CANDIDATES = 48
 MIN_COLOR_DISTANCE = 100.0
-CIRCLE_VERTICES = 64
-
-
-def _regular_polygon(count: int, radius: float, start_deg: float = -90.0) -> np.ndarray:
-    angles = np.deg2rad(start_deg + 360.0 * np.arange(count) / count)
-    return np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
-
-
-def _ellipse(rx: float, ry: float) -> np.ndarray:
-    angles = 2 * np.pi * np.arange(CIRCLE_VERTICES) / CIRCLE_VERTICES
-    return np.stack([rx * np.cos(angles), ry * np.sin(angles)], axis=1)
-
-
-def _star() -> np.ndarray:
-    outer = _regular_polygon(5, 0.5)
-    inner = _regular_polygon(5, 0.2, start_deg=-90.0 + 36.0)
-    return np.stack([outer, inner], axis=1).reshape(-1, 2)
-
-
-_QUARTER_TURNS = ((1, 0), (0, 1), (-1, 0), (0, -1))
-
-
-def _cross() -> np.ndarray:
-    a, b = 1 / 6, 0.5
-    quarter = [(-a, -b), (a, -b), (a, -a)]  # one arm's corners, then rotate by 90 degrees
-    return np.array([(c * x - s * y, s * x + c * y) for c, s in _QUARTER_TURNS for x, y in quarter])
-
-
-def _polygon_area(vertices: np.ndarray) -> float:
-    x, y = vertices[:, 0], vertices[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
-
-
-# Unit-sized outlines centred on the origin, with their analytic areas (circles and ellipses are
-# drawn as fine polygons but their area is the true one).
-_OUTLINES: dict[str, np.ndarray] = {
-    "circle": _ellipse(0.5, 0.5),
-    "square": np.array([(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5)]),
-    "triangle": _regular_polygon(3, 1 / math.sqrt(3)),
-    "diamond": np.array([(0.0, -0.5), (0.35, 0.0), (0.0, 0.5), (-0.35, 0.0)]),
-    "cross": _cross(),
-    "ellipse": _ellipse(0.5, 0.3),
-    "pentagon": _regular_polygon(5, 0.5),
-    "star": _star(),
-}
-_UNIT_AREAS: dict[str, float] = {name: _polygon_area(pts) for name, pts in _OUTLINES.items()}
-_UNIT_AREAS["circle"] = math.pi * 0.25
-_UNIT_AREAS["ellipse"] = math.pi * 0.5 * 0.3
 
 
 def _check_int(name: str, value: Any, low: int, fix: str) -> None:
@@ -98,8 +61,22 @@ def _check_int(name: str, value: Any, low: int, fix: str) -> None:
 
 
 def _validate(
-    num_train: int, num_val: int, image_size: int, seed: int, num_classes: int, max_objects: int
+    num_train: int,
+    num_val: int,
+    image_size: int,
+    seed: int,
+    num_classes: int,
+    max_objects: int,
+    distractors: int = 0,
+    occlusion: float = 0.0,
+    textured: bool = False,
+    small_objects: bool = False,
 ) -> None:
+    _check_int("distractors", distractors, 0, "pass a non-negative count (--distractors)")
+    if isinstance(occlusion, bool) or not isinstance(occlusion, int | float):
+        raise ValueError(f"occlusion must be a probability, got {occlusion!r}")
+    if not 0.0 <= occlusion <= 1.0:
+        raise ValueError(f"occlusion must be between 0 and 1, got {occlusion}; (--occlusion)")
     _check_int("num_train", num_train, 0, "pass a non-negative image count (--train)")
     _check_int("num_val", num_val, 0, "pass a non-negative image count (--val)")
     _check_int("image_size", image_size, 32, "use an image side of at least 32 px (--image-size)")
@@ -173,22 +150,29 @@ def _pick_colour(rng: np.random.Generator, region: np.ndarray) -> np.ndarray:
     return candidates[good[0] if good.size else int(nearest.argmax())]
 
 
-def _sample_size(rng: np.random.Generator, size: int) -> float:
-    weights = np.array([w for w, _, _ in SIZE_BUCKETS])
-    _, low, high = SIZE_BUCKETS[int(rng.choice(len(SIZE_BUCKETS), p=weights / weights.sum()))]
+def _sample_size(rng: np.random.Generator, size: int, buckets: tuple = SIZE_BUCKETS) -> float:
+    weights = np.array([w for w, _, _ in buckets])
+    _, low, high = buckets[int(rng.choice(len(buckets), p=weights / weights.sum()))]
     return size * math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
 def _render_image(
-    rng: np.random.Generator, size: int, num_classes: int, max_objects: int
+    rng: np.random.Generator, size: int, params: dict[str, Any]
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One noisy image and its objects (class index, pixel box, area, fill colour)."""
     canvas = _background(rng, size)
-    count = int(rng.integers(1, max_objects + 1))
+    if params.get("textured"):
+        add_texture(rng, canvas)
+    if params.get("distractors"):
+        add_distractors(rng, canvas, int(rng.integers(0, params["distractors"] + 1)))
+    buckets = SMALL_SIZE_BUCKETS if params.get("small_objects") else SIZE_BUCKETS
+    occlusion = params.get("occlusion", 0.0)
+    owner = np.zeros((size, size), np.int32) if occlusion > 0 else None  # who shows, per pixel
+    count = int(rng.integers(1, params["max_objects"] + 1))
     plans = []
     for _ in range(count):
-        cls = int(rng.integers(0, num_classes))
-        side = _sample_size(rng, size) / math.sqrt(_UNIT_AREAS[SHAPES[cls]])
+        cls = int(rng.integers(0, params["num_classes"]))
+        side = _sample_size(rng, size, buckets) / math.sqrt(UNIT_AREAS[SHAPES[cls]])
         angle = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else 0.0
         plans.append((side, cls, angle))
     # Largest first: big objects only fit on an empty-ish canvas.
@@ -198,17 +182,18 @@ def _render_image(
     placed: list[np.ndarray] = []
     for side, cls, angle in plans:
         c, s = math.cos(angle), math.sin(angle)
-        pts = _OUTLINES[SHAPES[cls]] @ np.array([[c, s], [-s, c]]) * side
+        pts = OUTLINES[SHAPES[cls]] @ np.array([[c, s], [-s, c]]) * side
         extent = pts.max(axis=0) - pts.min(axis=0)
         # 1 px margin each side so the rasterised shape is never clipped by the image border.
         scale = min(1.0, (size - 2) / extent.max())
         scale = max(scale, MIN_EXTENT_PX / extent.max())
         pts, extent = pts * scale, extent * scale
         pts = pts - pts.min(axis=0)
+        may_cover = occlusion > 0 and rng.random() < occlusion  # may lie over earlier ones
         for _ in range(PLACEMENT_TRIES):
             offset = 1 + rng.uniform(0, 1, 2) * (size - 2 - extent)
             box = np.concatenate([offset, offset + extent])
-            if not _box_overlaps(box, placed):
+            if may_cover or not _box_overlaps(box, placed):
                 break
         else:
             continue
@@ -228,6 +213,8 @@ def _render_image(
         region = canvas[max(y0 - pad, 0) : y1 + pad, max(x0 - pad, 0) : x1 + pad]
         colour = _pick_colour(rng, region)
         canvas[y0:y1, x0:x1][mask] = colour
+        if owner is not None:
+            owner[y0:y1, x0:x1][mask] = len(objects) + 1
         bx0, by0 = x0 + int(cols[0]), y0 + int(rows[0])
         bx1, by1 = x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1
         placed.append(np.array([bx0, by0, bx1, by1], dtype=float))
@@ -235,10 +222,17 @@ def _render_image(
             {
                 "class_index": cls,
                 "bbox": [float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0)],
-                "area": round(_UNIT_AREAS[SHAPES[cls]] * (side * scale) ** 2, 3),
+                "area": round(UNIT_AREAS[SHAPES[cls]] * (side * scale) ** 2, 3),
                 "color": [int(v) for v in colour],
             }
         )
+    if owner is not None:  # occluded objects: their visible box; hidden ones are not annotated
+        shown = visible_boxes(owner, len(objects))
+        objects = [
+            dict(obj, bbox=box[0], area=float(box[1]))
+            for obj, box in zip(objects, shown, strict=True)
+            if box is not None
+        ]
     if not objects:
         raise RuntimeError("internal error: synthetic image ended up with no objects")
     sigma = rng.uniform(1.5, 5.0)
@@ -255,7 +249,7 @@ def _write_split(root: Path, split: str, count: int, params: dict[str, Any]) -> 
     for index in range(count):
         # One stream per image: a split's first N images do not depend on how many follow.
         rng = np.random.default_rng(np.random.SeedSequence([params["seed"], split_key, index]))
-        pixels, objects = _render_image(rng, size, params["num_classes"], params["max_objects"])
+        pixels, objects = _render_image(rng, size, params)
         file_name = f"{index:06d}.png"
         Image.fromarray(pixels).save(images_dir / file_name, format="PNG", compress_level=1)
         image_id = index + 1
@@ -302,14 +296,27 @@ def generate_shapes(
     seed: int = 0,
     num_classes: int = 3,
     max_objects: int = 4,
+    distractors: int = 0,
+    occlusion: float = 0.0,
+    textured: bool = False,
+    small_objects: bool = False,
     force: bool = False,
 ) -> Path:
     """Write the shapes dataset (train/, val/, annotations/) to out_dir and return it, absolute.
 
+    The harder options: up to `distractors` unannotated clutter items per image, each object
+    lying over earlier ones with probability `occlusion` (annotated with its visible box),
+    `textured` backgrounds, and `small_objects` (a bucket of 2.5-7%-of-side objects).
     Everything is written to a temporary sibling folder first and renamed into place, so
     out_dir is either absent, the old content, or the complete new dataset.
     """
-    _validate(num_train, num_val, image_size, seed, num_classes, max_objects)
+    hard = {
+        "distractors": distractors,
+        "occlusion": occlusion,
+        "textured": textured,
+        "small_objects": small_objects,
+    }
+    _validate(num_train, num_val, image_size, seed, num_classes, max_objects, **hard)
     out = Path(os.path.abspath(os.path.expanduser(out_dir)))
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(
@@ -323,6 +330,7 @@ def generate_shapes(
         "seed": seed,
         "num_classes": num_classes,
         "max_objects": max_objects,
+        **{k: v for k, v in hard.items() if v != HARD_DEFAULTS[k]},  # defaults: as before
     }
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -374,7 +382,9 @@ def ensure_shapes(cache_dir: str | os.PathLike[str], **params: Any) -> Path:
         raise TypeError(f"ensure_shapes: unknown parameter(s) {unknown}; allowed: {allowed}")
     full = {name: params.get(name, signature.parameters[name].default) for name in allowed}
     _validate(**full)
-    key = json.dumps({**full, "format_version": FORMAT_VERSION}, sort_keys=True)
+    # the harder options at their defaults stay out of the key: earlier caches stay valid
+    named = {k: v for k, v in full.items() if k not in HARD_DEFAULTS or v != HARD_DEFAULTS[k]}
+    key = json.dumps({**named, "format_version": FORMAT_VERSION}, sort_keys=True)
     folder = Path(os.path.abspath(os.path.expanduser(cache_dir)))
     folder = folder / f"shapes-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if _is_complete(folder):

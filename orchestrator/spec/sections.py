@@ -40,6 +40,13 @@ class SyntheticData(StrictConfig):
     max_objects: PositiveInt = 4
     seed: int = 0
     cache_dir: str = "data/cache"
+    # harder data (all off by default)
+    distractors: NonNegInt = Field(0, description="unannotated clutter items per image, at most")
+    occlusion: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="chance an object may lie over earlier ones (visible boxes annotated)"
+    )
+    textured: bool = Field(False, description="stripes, checkers or blotches over the background")
+    small_objects: bool = Field(False, description="add objects of 2.5-7% of the image side")
 
 
 class CocoData(StrictConfig):
