@@ -81,3 +81,14 @@ def test_model_cost_and_the_comparison_table(tmp_path):
     assert student.split()[-5:] == ["0.200", "n/a", "n/a", "n/a", "n/a"]
     assert f"{measured['threads']} CPU threads" in note and "96x96, batch 1" in note
     assert model_cost(str(tmp_path / "missing.pt"), None, 96) is None  # a warning, not a crash
+
+
+def test_compare_reads_the_cost_a_registered_version_carries():
+    from orchestrator.launch.compare import recorded_cost
+    from orchestrator.launch.export import cost_tags
+
+    cost = {"params_M": 1.5, "gflops": 2.25, "onnx_ms": 3.5, "torch_ms": 7.25}
+    tags = cost_tags({**cost, "size": 128, "threads": 2})
+    assert recorded_cost(tags, 128) == {**cost, "size": 128, "threads": 2}
+    assert recorded_cost(tags, 256) is None  # measured at another size: measure again
+    assert recorded_cost({"params_M": "1.5"}, 128) is None  # no export cost on the version

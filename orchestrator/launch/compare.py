@@ -78,17 +78,16 @@ def model_cost(source: str, uri: str | None, size: int) -> dict[str, Any] | None
 def recorded_cost(tags: dict[str, str], size: int) -> dict[str, Any] | None:
     """The cost a registered version already carries (its export measured it, at `size`);
     None when it has none or was measured at another size."""
-    needed = ("params_M", "gflops", "onnx_cpu_ms", "torch_cpu_ms", "latency_setup")
-    if not all(key in tags for key in needed) or f"{size}x{size}" not in tags["latency_setup"]:
+    needed = ("params_M", "gflops", "onnx_cpu_ms", "torch_cpu_ms", "latency_size", "cpu_threads")
+    if not all(key in tags for key in needed) or tags["latency_size"] != str(size):
         return None
-    threads = tags["latency_setup"].split(",")[-1].split()[0]
     return {
         "params_M": float(tags["params_M"]),
         "gflops": float(tags["gflops"]),
         "onnx_ms": float(tags["onnx_cpu_ms"]),
         "torch_ms": float(tags["torch_cpu_ms"]),
         "size": size,
-        "threads": int(threads) if threads.isdigit() else threads,
+        "threads": int(tags["cpu_threads"]),
     }
 
 
@@ -228,10 +227,7 @@ def _compare(
         images, annotations = data_paths(teacher.data)["val"]
         source = f"models:/{name}/{version}"
         scores = evaluate_model(source, images, annotations, uri, quiet=True)
-        measured = None
-        if cost:
-            measured = recorded_cost(registry.version_tags(uri, name, version), size)
-            measured = measured or model_cost(source, uri, size)
+        measured = _cost(uri, name, version, source, size) if cost else None
         if teacher_run is None:
             teacher_run = _reused_teacher_run(comparison, teacher, name, version, scores)
         label = f"teacher ({teacher.student.architecture})"
@@ -251,12 +247,8 @@ def _compare(
         )
         measured = None
         if cost and result.model_file is not None:
-            if result.registered_version:
-                tags = registry.version_tags(
-                    uri, spec.mlflow.register_as, result.registered_version
-                )
-                measured = recorded_cost(tags, size)
-            measured = measured or model_cost(str(result.model_file), uri, size)
+            name, version = spec.mlflow.register_as, result.registered_version
+            measured = _cost(uri, name, version, str(result.model_file), size)
         label = f"{spec.name} ({spec.distill.method})"
         metrics = result.metrics
         rows.append(
@@ -281,6 +273,14 @@ def _compare(
                 )
             )
     return rows
+
+
+def _cost(
+    uri: str, name: str | None, version: str | None, source: str, size: int
+) -> dict[str, Any] | None:
+    """The cost the registered version carries, else measured on the model at `source`."""
+    recorded = recorded_cost(registry.version_tags(uri, name, version), size) if version else None
+    return recorded or model_cost(source, uri, size)
 
 
 def _reused_teacher_run(

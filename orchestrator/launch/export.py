@@ -18,7 +18,7 @@ from torch import nn
 
 from detr_models.config import model_config_from_dict
 from orchestrator import registry
-from orchestrator.deploy.cost import deploy_cost, describe_cost
+from orchestrator.deploy.cost import deploy_cost, describe_cost, parameters
 from orchestrator.errors import UserInputError
 from orchestrator.evaluation.curves import curves_figure
 from orchestrator.spec.sections import ExperimentSpec
@@ -73,8 +73,11 @@ def export_checkpoint(
         shutil.copy(Path(path) / source, export_dir / checkpoints.MODEL_FILE)
     model_file = export_dir / checkpoints.MODEL_FILE
     model, payload = load_model(str(model_file))
-    ap_key = "val_ema/AP" if choice == "ema" else "val/AP"
-    extra = dict(payload["extra"], val_AP=state.get("last_eval", {}).get(ap_key), exported=choice)
+    prefix = "val_ema/" if choice == "ema" else "val/"  # the exported model's own scores
+    scores = {
+        k[len(prefix) :]: v for k, v in state.get("last_eval", {}).items() if k.startswith(prefix)
+    }
+    extra = dict(payload["extra"], val_AP=scores.get("AP"), exported=choice)
     config = model_config_from_dict(payload["config"])
     checkpoints.save_model_file(model_file, model, config, extra)
     run_logger.params({"exported_model": choice})
@@ -100,11 +103,7 @@ def export_checkpoint(
         f"{extra.get('epoch')}, method {spec.distill.method}, teacher {teacher})"
         + (f"; val AP {ap:.3f}" if ap is not None else "")
     )
-    prefix = "val_ema/" if choice == "ema" else "val/"
-    scores = {
-        k[len(prefix) :]: v for k, v in state.get("last_eval", {}).items() if k.startswith(prefix)
-    }
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    params_m = parameters(model) / 1e6
     tags = {
         "method": spec.distill.method,
         "teacher": teacher,
@@ -163,6 +162,8 @@ def cost_tags(cost: dict[str, Any]) -> dict[str, str]:
         "onnx_cpu_ms": f"{cost['onnx_ms']:.2f}",
         "torch_cpu_ms": f"{cost['torch_ms']:.2f}",
         "latency_setup": f"batch 1, {cost['size']}x{cost['size']}, {cost['threads']} CPU threads",
+        "latency_size": str(cost["size"]),
+        "cpu_threads": str(cost["threads"]),
     }
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from contextlib import contextmanager, suppress
 
+from orchestrator.console import is_verbose
 from orchestrator.errors import UserInputError
 
 logger = logging.getLogger("detrdistill")
@@ -83,8 +84,7 @@ def start_local_ray(timeout_s: float) -> None:
 
 def ray_log_level() -> int:
     """The level of Ray's own logger in the driver: its start notes only with -v."""
-    verbose = logging.getLogger("detrdistill").isEnabledFor(logging.DEBUG)
-    return logging.DEBUG if verbose else logging.WARNING
+    return logging.DEBUG if is_verbose() else logging.WARNING
 
 
 class _StartTimeout(Exception):

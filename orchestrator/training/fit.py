@@ -73,7 +73,8 @@ def run_training(
     monitor = None
     if run_logger is not None:
         monitor = run_logger.system_metrics(resumed)
-        run_logger.metrics({"model/params_M": params_m}, step=0)
+        if not resumed:  # once per run: step 0 is never "logged already"
+            run_logger.metrics({"model/params_M": params_m}, step=0)
     try:
         return _epochs(setup, model, state, reporter, run_logger, fault, exploited_from, world)
     finally:
