@@ -7,11 +7,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes
 
 from orchestrator.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -182,24 +180,3 @@ def save_detections_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path, format="PNG")  # [H, W, 3]
     return path
-
-
-def draw_sample(sample: dict, class_names: Sequence[str]) -> np.ndarray:
-    """An `evaluate` sample (image, prediction, target) drawn as an HxWx3 uint8 array: the
-    predictions in class colours over the ground truth in white."""
-    target = sample["target"]
-    height, width = target["size"].tolist()
-    gt = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor(
-        [width, height, width, height]
-    )
-    pred = sample["prediction"]
-    drawn = draw_detections(
-        denormalize_image(sample["image"]),
-        pred["boxes"],
-        pred["labels"],
-        pred["scores"],
-        class_names=class_names,
-        gt_boxes=gt,
-        gt_labels=target["labels"],
-    )
-    return drawn.permute(1, 2, 0).numpy()
