@@ -1,0 +1,154 @@
+"""COCO AP with intervals: the bootstrap over validation images.
+
+`ImageMatches.from_detections` runs pycocotools' per-image matching once (COCOeval.evaluate,
+area "all", 100 detections per image); `ap(weights)` then re-accumulates AP@[.5:.95] for any
+weighting of the images, the way COCOeval.accumulate does (101 recall points, precision made
+monotone, classes without ground truth left out). A bootstrap draw weights each image by how
+often it was drawn, so no image is evaluated twice. With every weight 1 it is pycocotools'
+AP. Paired intervals (`paired_interval`) apply the same draws to two models' detections on the
+same images, so the interval is of the difference, not of two noisy values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+DRAWS = 1000
+CHUNK = 100  # draws accumulated at once (memory: CHUNK x 10 thresholds x detections)
+
+
+@dataclass
+class _ClassMatches:
+    """One class's detections over all images, by descending score."""
+
+    image: np.ndarray  # [D] image index of each detection
+    true_pos: np.ndarray  # [T, D] matched and not ignored
+    false_pos: np.ndarray  # [T, D] unmatched and not ignored
+    gt_per_image: np.ndarray  # [N] non-ignored ground truth per image
+
+
+@dataclass
+class ImageMatches:
+    """Per-image matching of one model's detections, ready to re-accumulate under weights."""
+
+    image_ids: list[int]
+    classes: list[_ClassMatches]
+    recall_points: np.ndarray
+
+    @classmethod
+    def from_detections(cls, coco_gt: COCO, detections: list[dict]) -> ImageMatches:
+        """Match `detections` (COCO result records) to `coco_gt` with pycocotools."""
+        image_ids = sorted(coco_gt.getImgIds())
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes(detections) if detections else COCO()
+            evaluation = COCOeval(coco_gt, coco_dt, "bbox")
+            evaluation.params.imgIds = image_ids
+            evaluation.evaluate()
+        params = evaluation.params
+        max_det = params.maxDets[-1]
+        num_images, num_areas = len(image_ids), len(params.areaRng)
+        thresholds = len(params.iouThrs)
+        classes = []
+        for k in range(len(params.catIds)):
+            start = k * num_areas * num_images  # area "all" is the first range
+            records = evaluation.evalImgs[start : start + num_images]
+            gt = np.zeros(num_images)
+            images, scores, matched, ignored = [], [], [], []
+            for n, record in enumerate(records):
+                if record is None:
+                    continue
+                gt[n] = np.count_nonzero(np.asarray(record["gtIgnore"]) == 0)
+                found = np.asarray(record["dtScores"][:max_det])
+                images.append(np.full(len(found), n))
+                scores.append(found)
+                matched.append(record["dtMatches"][:, :max_det])
+                ignored.append(record["dtIgnore"][:, :max_det])
+            if not gt.any():
+                continue  # no ground truth: pycocotools leaves the class out
+            if scores:
+                order = np.argsort(-np.concatenate(scores), kind="mergesort")
+                hit = np.concatenate(matched, axis=1)[:, order] != 0
+                skip = np.concatenate(ignored, axis=1)[:, order] != 0
+                image = np.concatenate(images)[order]
+            else:
+                hit = skip = np.zeros((thresholds, 0), bool)
+                image = np.zeros(0, int)
+            classes.append(_ClassMatches(image, hit & ~skip, ~hit & ~skip, gt))
+        return cls(image_ids, classes, np.asarray(params.recThrs))
+
+    def ap(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """AP@[.5:.95] under image weights [B, N] (or all ones): [B]."""
+        if weights is None:
+            weights = np.ones((1, len(self.image_ids)))
+        weights = np.atleast_2d(np.asarray(weights, dtype=float))
+        if not self.classes:
+            return np.full(len(weights), np.nan)
+        per_class = np.stack([self._class_ap(c, weights) for c in self.classes])  # [K, B]
+        # a class none of whose ground truth was drawn is left out, as pycocotools would
+        with np.errstate(all="ignore"):
+            return np.nanmean(per_class, axis=0)
+
+    def _class_ap(self, c: _ClassMatches, weights: np.ndarray) -> np.ndarray:
+        """Mean precision over thresholds and recall points of one class: [B]."""
+        positives = weights @ c.gt_per_image  # [B]
+        if c.image.size == 0:
+            return np.zeros(len(weights))
+        w = weights[:, None, c.image]  # [B, 1, D]
+        tp = np.cumsum(w * c.true_pos[None], axis=2)  # [B, T, D]
+        fp = np.cumsum(w * c.false_pos[None], axis=2)
+        recall = tp / np.maximum(positives, 1e-12)[:, None, None]
+        precision = tp / (tp + fp + np.spacing(1))
+        precision = np.flip(np.maximum.accumulate(np.flip(precision, 2), axis=2), 2)
+        out = np.zeros(len(weights))
+        for b in range(len(weights)):
+            if positives[b] <= 0:
+                out[b] = np.nan  # no ground truth of this class was drawn
+                continue
+            total = 0.0
+            for t in range(recall.shape[1]):
+                at = np.searchsorted(recall[b, t], self.recall_points, side="left")
+                inside = at < recall.shape[2]
+                total += precision[b, t, at[inside]].sum()
+            out[b] = total / (recall.shape[1] * len(self.recall_points))
+        return out
+
+
+def draws(num_images: int, count: int = DRAWS, seed: int = 0) -> np.ndarray:
+    """Bootstrap weights [count, num_images]: how often each image is drawn (with replacement)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, num_images, size=(count, num_images))
+    return np.stack([np.bincount(row, minlength=num_images) for row in picks]).astype(float)
+
+
+def bootstrap_ap(runs: list[ImageMatches], weights: np.ndarray) -> np.ndarray:
+    """AP of each run under each draw: [runs, B], in chunks of draws."""
+    out = np.zeros((len(runs), len(weights)))
+    for start in range(0, len(weights), CHUNK):
+        chunk = weights[start : start + CHUNK]
+        for i, run in enumerate(runs):
+            out[i, start : start + CHUNK] = run.ap(chunk)
+    return out
+
+
+def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap values."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired_interval(
+    a: ImageMatches, b: ImageMatches, weights: np.ndarray, level: float = 0.95
+) -> tuple[float, tuple[float, float]]:
+    """AP(a) - AP(b) on all images, and its bootstrap interval over `weights` draws."""
+    if a.image_ids != b.image_ids:
+        raise ValueError("paired bootstrap needs both runs evaluated on the same images")
+    delta = float(a.ap()[0] - b.ap()[0])
+    both = bootstrap_ap([a, b], weights)
+    return delta, interval(both[0] - both[1], level)
