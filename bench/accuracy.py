@@ -23,6 +23,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+from bench.accuracy_full import SUITES as FULL_SUITES
+from bench.accuracy_full import TEACHER_EPOCHS, run_suite
+from bench.accuracy_report import build_tables
 from bench.common import ROOT, mean_std, target_row, write_results
 
 WORK = ROOT / "runs" / "bench_accuracy"
@@ -105,8 +108,16 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=48)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--suite", choices=list(SUITES), default="deformable")
+    parser.add_argument(
+        "--suite",
+        choices=[*SUITES, *FULL_SUITES],
+        default="deformable",
+        help="full / oddetr: the harder benchmark (bench/accuracy_full.py), about 2 h on 2 cores",
+    )
     args = parser.parse_args()
+    if args.suite in FULL_SUITES:
+        full_suite(args)
+        return
     students = SUITES[args.suite]
     from orchestrator.data.build import build_datasets
     from orchestrator.spec.loader import load_spec
@@ -195,6 +206,34 @@ def main() -> None:
             f"{sum(len(g) for g in runs.values())} runs in {minutes:.1f} min wall, {args.parallel} at a "
             "time, one thread each. Minutes per run are the training's own wall time (a "
             "DETRDistill or OD-DETR epoch costs more than a baseline epoch: see the step time)."
+        ],
+    )
+
+
+def full_suite(args: argparse.Namespace) -> None:
+    """The harder benchmark: every run (kept on disk), then the tables with intervals."""
+    variants = FULL_SUITES[args.suite]
+    started = time.perf_counter()
+    teacher, runs = run_suite(variants, args.epochs, args.seeds, args.parallel)
+    minutes = (time.perf_counter() - started) / 60
+    report = build_tables(variants, teacher, runs)
+    write_results(
+        f"accuracy_{args.suite}",
+        "Accuracy on the harder synthetic benchmark"
+        + (" (OD-DETR study)" if args.suite == "oddetr" else ""),
+        {
+            "epochs": args.epochs,
+            "seeds": args.seeds,
+            "teacher_epochs": TEACHER_EPOCHS,
+            "variants": {v.tag: [v.spec, *v.overrides] for v in variants},
+        },
+        report["tables"],
+        targets=report["targets"],
+        notes=[
+            f"Data: bench/hard_data.py (8 classes, distractors, occlusion, textures, small "
+            f"objects; 512 train / 512 validation images at 128 px). Students {args.epochs} "
+            f"epochs, teacher {TEACHER_EPOCHS} (one seed). This call: {minutes:.0f} min wall, "
+            f"{args.parallel} runs at a time, one thread each (stored runs are reused)."
         ],
     )
 
