@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
-from bench.accuracy_runs import one_thread, train
+from bench.accuracy_runs import cached, one_thread, train
 from bench.common import ROOT
 from bench.hard_data import HARD_DATA, recipe
 
@@ -171,28 +171,34 @@ def run_suite(
     data_paths(resolve_paths(load_spec(ROOT / TEACHER, teacher_overrides), ROOT).data)  # once
     context = get_context("spawn")
     jobs: dict[str, list[Future]] = {}
+    # components last: if the suite is stopped, the main comparisons are there first
+    order = sorted(variants, key=lambda v: "components" in v.group)
     with ProcessPoolExecutor(parallel, mp_context=context, initializer=one_thread) as pool:
-        teacher_job = pool.submit(train, TEACHER, 0, teacher_overrides, str(WORK / "teacher-s0"))
-        for variant in (v for v in variants if not v.needs_teacher):
-            jobs[variant.tag] = [
-                pool.submit(
-                    train, variant.spec, s, _overrides(variant, epochs), _folder(variant, s)
-                )
-                for s in seeds
-            ]
-        teacher = teacher_job.result()
-        print(f"teacher: {teacher['final']}", flush=True)
-        weights = f"teacher.weights={teacher['model_file']}"
-        for variant in (v for v in variants if v.needs_teacher):
+
+        def submit(variant: Variant, extra: list[str]) -> None:
             jobs[variant.tag] = [
                 pool.submit(
                     train,
                     variant.spec,
                     s,
-                    [*_overrides(variant, epochs), weights],
+                    [*_overrides(variant, epochs), *extra],
                     _folder(variant, s),
                 )
                 for s in seeds
             ]
+
+        folder = str(WORK / "teacher-s0")
+        teacher = cached(folder, TEACHER, 0, teacher_overrides)
+        teacher_job = None
+        if teacher is None:
+            teacher_job = pool.submit(train, TEACHER, 0, teacher_overrides, folder)
+            for variant in (v for v in order if not v.needs_teacher):
+                submit(variant, [])
+            teacher = teacher_job.result()
+        print(f"teacher: {teacher['final']}", flush=True)
+        weights = f"teacher.weights={teacher['model_file']}"
+        for variant in order:
+            if variant.tag not in jobs:
+                submit(variant, [weights] if variant.needs_teacher else [])
         runs = {v.tag: [job.result() for job in jobs[v.tag]] for v in variants}
     return teacher, runs

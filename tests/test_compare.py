@@ -60,6 +60,11 @@ def test_compare_is_one_parent_run_with_its_children(tmp_path, tiny_spec):
     assert parent.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     # the numbers are the table's and the children's: no charts of its own on the parent
     assert parent.data.metrics == {} and table["data"][2][2] == rows[2].ap
+    # under the table: the distilled student's AP difference with its bootstrap interval
+    local = client.download_artifacts(parent.info.run_id, "comparison.md", str(tmp_path))
+    text = Path(local).read_text()
+    assert f"distilled - baseline: AP {rows[2].ap - rows[1].ap:+.3f}, 95% interval" in text
+    assert "One training seed" in text
 
     # again: the registered teacher is reused, the earlier comparison is replaced
     rows = run_comparison(teacher, [baseline, distilled], storage=tmp_path / "runs", cost=False)

@@ -19,6 +19,7 @@ from orchestrator import registry, tracking
 from orchestrator.data.build import data_paths
 from orchestrator.deploy.cost import deploy_cost
 from orchestrator.errors import UserInputError
+from orchestrator.launch.compare_delta import SEED_NOTE, delta_lines
 from orchestrator.launch.inference import evaluate_model
 from orchestrator.launch.run import ParentRun, role_of, run_experiment
 from orchestrator.launch.session import ACTIVE_RUNS
@@ -38,6 +39,7 @@ class Row:
     cost: dict[str, Any] | None = None
     role: str = ""
     run_id: str | None = None
+    model: str | None = None  # a student's model file, for the paired bootstrap
 
 
 def format_table(rows: list[Row]) -> str:
@@ -188,8 +190,11 @@ def run_comparison(
             ACTIVE_RUNS.remove(comparison.logger)
         raise
     table = format_table(rows)
-    logger.info("\n" + table)
-    comparison.logger.text(markdown_table(rows), "comparison.md")
+    images, annotations = data_paths(teacher.data)["val"]
+    deltas = delta_lines(rows, images, annotations, comparison.uri)
+    notes = [d["line"] for d in deltas] + ([SEED_NOTE] if deltas else [])
+    logger.info("\n" + "\n".join([table, *notes]))
+    comparison.logger.text("\n\n".join([markdown_table(rows), *notes]), "comparison.md")
     comparison.logger.table(table_columns(rows), "comparison.json")
     comparison.logger.finish()
     ACTIVE_RUNS.remove(comparison.logger)
@@ -259,6 +264,7 @@ def _compare(
                 measured,
                 role,
                 result.mlflow_run_id,
+                None if result.model_file is None else str(result.model_file),
             )
         )
         if "val_ema/AP" in metrics:  # OD-DETR: its EMA model too (same architecture and size)
