@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.claims import BLOCKS
 from bench.common import RESULTS, ROOT, markdown_table
 
 BENCHMARKS = (
@@ -47,11 +48,13 @@ RESULT_FILES = (
     "hf_teacher",
     "deploy_cpu",
     "accuracy",
-    "accuracy_rtdetr",
+    "accuracy_full",
+    "accuracy_oddetr",
+    "accuracy_sweep",
 )
 # before/after comparisons: their tables are shown, their target rows would only repeat
 STUDIES = {"step_time_dense_mask"}
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"  # the tables
 
 
 def report(results: Path = RESULTS) -> str:
@@ -68,14 +71,26 @@ def report(results: Path = RESULTS) -> str:
     return "\n".join(parts)
 
 
-def update_readme(text: str, readme: Path = ROOT / "README.md") -> None:
-    """Replace what lies between the bench markers of `readme` with `text`."""
+def markers(name: str) -> tuple[str, str]:
+    """The README markers of a generated block (bench/claims.py)."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def update_readme(text: str, readme: Path = ROOT / "README.md", name: str = "bench") -> None:
+    """Replace what lies between the `name` markers of `readme` with `text`."""
+    start, end = markers(name)
     content = readme.read_text()
-    if START not in content or END not in content:
-        sys.exit(f"{readme}: markers {START} / {END} not found; add them where the tables go")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    if start not in content or end not in content:
+        sys.exit(f"{readme}: markers {start} / {end} not found; add them where the text goes")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def update_claims(readme: Path = ROOT / "README.md", results: Path = RESULTS) -> None:
+    """Rewrite every generated accuracy block of the README from the result files."""
+    for name, block in BLOCKS.items():
+        update_readme(block(results), readme, name)
 
 
 def main() -> None:
@@ -98,6 +113,7 @@ def main() -> None:
     (RESULTS / "README.md").write_text(text + "\n")
     if not args.no_readme:
         update_readme(text)
+        update_claims()
     minutes = (time.perf_counter() - started) / 60
     print(f"all benchmarks in {minutes:.1f} min; tables in {RESULTS / 'README.md'}", flush=True)
 

@@ -114,7 +114,11 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
                     "status": f"significant: {verdict}",
                 }
             )
-        row += [_instability(group), f"{statistics.mean(r['minutes'] for r in group):.1f}"]
+        row += [
+            _instability(group),
+            f"{statistics.mean(r['minutes'] for r in group):.1f}",
+            base or "-",
+        ]
         main_rows.append(row)
         for i, r in enumerate(group):
             low, high = interval(boot[tag][i])

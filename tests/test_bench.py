@@ -130,3 +130,50 @@ def test_steady_rate_leaves_out_the_first_and_the_final_epoch():
     assert steady_images_per_s([10.0, 12.0, 14.0, 23.0], 100) == pytest.approx(50.0)
     with pytest.raises(ValueError, match="3 epochs"):
         steady_images_per_s([1.0, 2.0], 100)
+
+
+def test_readme_numbers_are_the_result_files():
+    """Every table and accuracy sentence in the README is what the report writes from
+    bench/results now: a number typed by hand or left from older results fails here."""
+    from bench.__main__ import markers
+    from bench.claims import BLOCKS
+    from bench.common import RESULTS, ROOT
+
+    readme = (ROOT / "README.md").read_text()
+
+    def block(name: str) -> str:
+        start, end = markers(name)
+        return readme.split(start, 1)[1].split(end, 1)[0].strip("\n")
+
+    assert block("bench") == report(RESULTS).strip("\n")
+    for name, write in BLOCKS.items():
+        assert block(name) == write(RESULTS).strip("\n"), (
+            f"README block {name}: run python -m bench --report-only"
+        )
+
+
+def test_claims_name_the_commit_and_say_what_is_missing(tmp_path):
+    from bench.claims import findings, quickstart
+
+    assert "No `bench/results/accuracy.json` yet" in quickstart(tmp_path)
+    write_results(
+        "accuracy",
+        "Accuracy",
+        {"epochs": 24, "seeds": [0, 1, 2]},
+        {
+            "main": (
+                ["model", "AP"],
+                [
+                    ["baseline", "0.150 +- 0.020"],
+                    ["DETRDistill", "0.190 +- 0.010"],
+                    ["OD-DETR", "0.160 +- 0.030"],
+                ],
+            )
+        },
+        out=tmp_path,
+        info=INFO,
+    )
+    text = quickstart(tmp_path)
+    assert "commit abc" in text and "about 0.020 AP" in text and "24 epochs" in text
+    assert "DETRDistill 0.190 +- 0.010" in text
+    assert findings(tmp_path).count("yet: run") == 3
