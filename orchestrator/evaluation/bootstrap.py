@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from scipy import sparse
 
 DRAWS = 1000
 CHUNK = 100  # draws accumulated at once (memory: CHUNK x 10 thresholds x detections)
@@ -25,12 +26,31 @@ CHUNK = 100  # draws accumulated at once (memory: CHUNK x 10 thresholds x detect
 
 @dataclass
 class _ClassMatches:
-    """One class's detections over all images, by descending score."""
+    """One class's detections over all images, by descending score, kept as what AP needs:
+    per IoU threshold, the image of each true positive and, for each true positive, the false
+    positives ranked between it and the one before, counted per image (a sparse [N, m]
+    matrix), so a weighting of the images costs one sparse product per threshold."""
 
-    image: np.ndarray  # [D] image index of each detection
-    true_pos: np.ndarray  # [T, D] matched and not ignored
-    false_pos: np.ndarray  # [T, D] unmatched and not ignored
+    true_images: list[np.ndarray]  # per threshold: [m] image index of each true positive
+    false_before: list[sparse.csr_matrix]  # per threshold: [N, m] false positives per image
     gt_per_image: np.ndarray  # [N] non-ignored ground truth per image
+
+    @classmethod
+    def build(cls, image: np.ndarray, hit: np.ndarray, gt: np.ndarray) -> _ClassMatches:
+        """`image` [D] of each ranked detection, `hit` [T, D] +1 true / -1 false / 0 ignored."""
+        true_images, false_before = [], []
+        for row in hit:
+            true_at = np.flatnonzero(row > 0)
+            false_at = np.flatnonzero(row < 0)
+            before = np.searchsorted(true_at, false_at)  # the true positive each one precedes
+            keep = before < len(true_at)  # those after the last true positive never count
+            counts = sparse.coo_matrix(
+                (np.ones(keep.sum()), (image[false_at[keep]], before[keep])),
+                shape=(len(gt), len(true_at)),
+            )
+            true_images.append(image[true_at])
+            false_before.append(counts.tocsr())
+        return cls(true_images, false_before, gt)
 
 
 @dataclass
@@ -79,7 +99,8 @@ class ImageMatches:
             else:
                 hit = skip = np.zeros((thresholds, 0), bool)
                 image = np.zeros(0, int)
-            classes.append(_ClassMatches(image, hit & ~skip, ~hit & ~skip, gt))
+            outcome = np.where(skip, 0, np.where(hit, 1, -1))
+            classes.append(_ClassMatches.build(image, outcome, gt))
         return cls(image_ids, classes, np.asarray(params.recThrs))
 
     def ap(self, weights: np.ndarray | None = None) -> np.ndarray:
@@ -87,7 +108,7 @@ class ImageMatches:
         if weights is None:
             weights = np.ones((1, len(self.image_ids)))
         weights = np.atleast_2d(np.asarray(weights, dtype=float))
-        if not self.classes:
+        if not self.classes:  # no ground truth at all
             return np.full(len(weights), np.nan)
         per_class = np.stack([self._class_ap(c, weights) for c in self.classes])  # [K, B]
         # a class none of whose ground truth was drawn is left out, as pycocotools would
@@ -95,27 +116,28 @@ class ImageMatches:
             return np.nanmean(per_class, axis=0)
 
     def _class_ap(self, c: _ClassMatches, weights: np.ndarray) -> np.ndarray:
-        """Mean precision over thresholds and recall points of one class: [B]."""
+        """Mean precision over thresholds and recall points of one class: [B].
+
+        Only true positives matter: precision peaks at them, recall moves only at them. At the
+        k-th, under weights w: tp = the w of true positives 1..k, fp = the w of the false
+        positives ranked before it; recall point j takes the best precision at or after the
+        first true positive whose recall reaches it (COCOeval.accumulate)."""
         positives = weights @ c.gt_per_image  # [B]
-        if c.image.size == 0:
-            return np.zeros(len(weights))
-        w = weights[:, None, c.image]  # [B, 1, D]
-        tp = np.cumsum(w * c.true_pos[None], axis=2)  # [B, T, D]
-        fp = np.cumsum(w * c.false_pos[None], axis=2)
-        recall = tp / np.maximum(positives, 1e-12)[:, None, None]
-        precision = tp / (tp + fp + np.spacing(1))
-        precision = np.flip(np.maximum.accumulate(np.flip(precision, 2), axis=2), 2)
-        out = np.zeros(len(weights))
-        for b in range(len(weights)):
-            if positives[b] <= 0:
-                out[b] = np.nan  # no ground truth of this class was drawn
+        total = np.zeros(len(weights))
+        for images, false_before in zip(c.true_images, c.false_before, strict=True):
+            if images.size == 0:
                 continue
-            total = 0.0
-            for t in range(recall.shape[1]):
-                at = np.searchsorted(recall[b, t], self.recall_points, side="left")
-                inside = at < recall.shape[2]
-                total += precision[b, t, at[inside]].sum()
-            out[b] = total / (recall.shape[1] * len(self.recall_points))
+            tp = np.cumsum(weights[:, images], axis=1)  # [B, m]
+            fp = np.cumsum(np.asarray((false_before.T @ weights.T).T), axis=1)
+            precision = tp / (tp + fp + np.spacing(1))
+            best_after = np.flip(np.maximum.accumulate(np.flip(precision, 1), axis=1), 1)
+            with np.errstate(all="ignore"):  # a draw without this class's ground truth
+                recall = tp / positives[:, None]
+            reached = np.searchsorted(self.recall_points, recall, side="right")  # [B, m]
+            newly = np.diff(reached, axis=1, prepend=0)  # recall points first reached here
+            total += (best_after * newly).sum(axis=1)
+        out = total / (len(c.true_images) * len(self.recall_points))
+        out[positives <= 0] = np.nan
         return out
 
 
