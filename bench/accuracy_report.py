@@ -83,6 +83,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
             len(group),
             _mean(aps),
             _mean([r["final"]["val/AP50"] for r in group]),
+            _mean([r["final"]["val_ema/AP"] for r in group if "val_ema/AP" in r["final"]]),
         ]
         if base is None:
             low, high = interval(boot[tag].mean(axis=0))
@@ -140,6 +141,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
         "seeds",
         "AP",
         "AP50",
+        "EMA AP",
         "delta AP per seed",
         "delta AP",
         "95% over seeds",
@@ -147,6 +149,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
         "significant",
         "mean instability",
         "minutes per run",
+        "against",
     ]
     # the teacher and baselines: their own AP interval stands in the delta columns
     tables = {

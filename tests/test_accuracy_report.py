@@ -56,16 +56,28 @@ def test_a_better_method_is_significant_and_an_equal_one_is_not(tmp_path) -> Non
     report = build_tables(variants, teacher, runs)
     main = next(iter(report["tables"].values()))[1]
     rows = {row[0]: row for row in main}
-    assert rows["better"][9] == "yes, gain"
-    assert rows["same"][9] == "no"
-    deltas = [float(d) for d in rows["better"][5].split(" / ")]
+    assert rows["better"][10] == "yes, gain"
+    assert rows["same"][10] == "no"
+    deltas = [float(d) for d in rows["better"][6].split(" / ")]
     expected = [
         b["final"]["val/AP"] - a["final"]["val/AP"]
         for a, b in zip(runs["baseline"], runs["better"], strict=True)
     ]
     assert np.allclose(deltas, expected, atol=5e-4)
-    assert rows["teacher"][5].startswith("AP [") and rows["baseline"][6] == "-"
+    assert rows["teacher"][6].startswith("AP [") and rows["baseline"][7] == "-"
+    assert rows["better"][-1] == "baseline" and len(rows["better"]) == len(
+        next(iter(report["tables"].values()))[0]
+    )
     assert [t["status"] for t in report["targets"]] == ["significant: yes, gain", "significant: no"]
+    # written as a result file, the README's findings read it
+    from bench.claims import findings
+    from bench.common import write_results
+    from tests.test_bench import INFO
+
+    write_results("accuracy_full", "t", {}, report["tables"], out=tmp_path, info=INFO)
+    text = findings(tmp_path)
+    assert f"better {rows['better'][7]} AP against baseline" in text
+    assert "significant: yes, gain" in text and "significant: no" in text
 
 
 def test_a_stored_run_is_reused_only_for_the_same_key(tmp_path) -> None:
