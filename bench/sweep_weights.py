@@ -27,6 +27,7 @@ SWEEP = "experiments/sweeps/detrdistill_weights.yaml"
 
 def _sweep(args: argparse.Namespace, teacher_file: str) -> dict:
     from orchestrator.console import configure_console
+    from orchestrator.launch.session import shutdown_local_ray
     from orchestrator.launch.sweep import run_sweep
     from orchestrator.spec.loader import load_spec
     from orchestrator.spec.paths import resolve_paths
@@ -49,7 +50,10 @@ def _sweep(args: argparse.Namespace, teacher_file: str) -> dict:
         f"tune.scheduler.max_epochs={args.epochs}",
     ]
     spec = resolve_paths(load_spec(ROOT / SWEEP, overrides), ROOT)
-    result = run_sweep(spec, "bench", storage_path=folder / "ray", restart=True)
+    try:
+        result = run_sweep(spec, "bench", storage_path=folder / "ray", restart=True)
+    finally:
+        shutdown_local_ray()  # the held-out runs need both cores
     done = [r for r in result.rows if r["status"] == "done" and r["last"] is not None]
     chosen = max(done, key=lambda r: r["last"]) if done else result.best
     if chosen is None:
