@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from bench.common import mean_std
 from orchestrator.evaluation.bootstrap import ImageMatches, bootstrap_ap, draws, interval
 
 DRAWS = 1000
@@ -49,16 +50,8 @@ def _verdict(t_low: float, t_high: float, b_low: float, b_high: float) -> str:
     return "no"
 
 
-def _mean(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
-
-
 def _instability(group: list[dict]) -> str:
-    return _mean([statistics.mean(r["instability"]) for r in group if r["instability"]])
+    return mean_std([statistics.mean(r["instability"]) for r in group if r["instability"]])
 
 
 def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
@@ -81,9 +74,9 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
             tag,
             variant.group if variant else "teacher",
             len(group),
-            _mean(aps),
-            _mean([r["final"]["val/AP50"] for r in group]),
-            _mean([r["final"]["val_ema/AP"] for r in group if "val_ema/AP" in r["final"]]),
+            mean_std(aps),
+            mean_std([r["final"]["val/AP50"] for r in group]),
+            mean_std([r["final"]["val_ema/AP"] for r in group if "val_ema/AP" in r["final"]]),
         ]
         if base is None:
             low, high = interval(boot[tag].mean(axis=0))
@@ -102,7 +95,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
             verdict = _verdict(t_low, t_high, b_low, b_high)
             row += [
                 " / ".join(f"{d:+.3f}" for d in deltas),
-                _mean(deltas),
+                mean_std(deltas),
                 _span(t_low, t_high),
                 _span(b_low, b_high),
                 verdict,
