@@ -2,6 +2,7 @@
 DETRDistill student, OD-DETR student (and its EMA model), over seeds.
 
     python -m bench.accuracy [--epochs 12] [--seeds 0 1 2] [--parallel 2] [--suite rtdetr]
+    python -m bench.accuracy --suite full | oddetr     (the harder benchmark: accuracy_full.py)
 
 The quickstart pair (experiments/quickstart.yaml teacher, quickstart_student.yaml baseline,
 quickstart_distill.yaml DETRDistill, shapes_deformable_oddetr.yaml OD-DETR): every student
@@ -104,7 +105,9 @@ def main() -> None:
 
     configure_console()  # the training loop logs its progress and validation tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="student epochs (default 12; full, oddetr: 16)"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=48)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2)
@@ -115,6 +118,8 @@ def main() -> None:
         help="full / oddetr: the harder benchmark (bench/accuracy_full.py), about 2 h on 2 cores",
     )
     args = parser.parse_args()
+    if args.epochs is None:
+        args.epochs = 16 if args.suite in FULL_SUITES else 12
     if args.suite in FULL_SUITES:
         full_suite(args)
         return

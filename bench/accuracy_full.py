@@ -1,6 +1,6 @@
 """The full accuracy benchmark on the harder synthetic data (bench/hard_data.py).
 
-    python -m bench.accuracy --suite full [--epochs 24] [--seeds 0 1 2] [--parallel 2]
+    python -m bench.accuracy --suite full [--epochs 16] [--seeds 0 1 2] [--parallel 2]
     python -m bench.accuracy --suite oddetr      (the OD-DETR investigation)
 
 At an equal budget (same data, epochs, schedule and seeds): the teacher (its own recipe, one
