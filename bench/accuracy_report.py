@@ -79,7 +79,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
             mean_std([r["final"]["val_ema/AP"] for r in group if "val_ema/AP" in r["final"]]),
         ]
         if base is None:
-            low, high = interval(boot[tag].mean(axis=0))
+            low, high = interval(boot[tag].mean(axis=0), statistics.mean(aps))
             row += [f"AP {_span(low, high).replace('+', '')}", "-", "-", "-", "-"]
         else:
             base_by_seed = {r["seed"]: (i, r) for i, r in enumerate(runs[base])}
@@ -91,7 +91,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
             deltas = [r["final"]["val/AP"] - b["final"]["val/AP"] for _, r, _, b in pairs]
             mean_delta = np.mean([boot[tag][i] - boot[base][j] for i, _, j, _ in pairs], axis=0)
             t_low, t_high = _t_interval(deltas)
-            b_low, b_high = interval(mean_delta)
+            b_low, b_high = interval(mean_delta, statistics.mean(deltas))
             verdict = _verdict(t_low, t_high, b_low, b_high)
             row += [
                 " / ".join(f"{d:+.3f}" for d in deltas),
@@ -115,7 +115,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
         ]
         main_rows.append(row)
         for i, r in enumerate(group):
-            low, high = interval(boot[tag][i])
+            low, high = interval(boot[tag][i], r["final"]["val/AP"])
             ema = r["final"].get("val_ema/AP")
             seed_rows.append(
                 [
@@ -148,7 +148,7 @@ def build_tables(variants, teacher: dict, runs: dict[str, list[dict]]) -> dict:
     tables = {
         "Final epoch, mean +- std over seeds; delta AP against the row's baseline (same seed). "
         "Intervals: Student-t over seeds, and the paired bootstrap over validation images "
-        f"({DRAWS} draws) of the seed-mean delta; for a baseline, its AP's bootstrap interval:": (
+        f"({DRAWS} draws, basic interval) of the seed-mean delta; for a baseline, its AP's:": (
             header,
             main_rows,
         ),

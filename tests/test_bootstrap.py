@@ -120,3 +120,12 @@ def test_paired_interval_separates_a_better_model_and_covers_zero_for_itself() -
     assert same == 0 and low == 0 and high == 0
     # the draws: each draws as many images as there are, with replacement
     assert (weights.sum(axis=1) == 120).all() and (weights == 0).any()
+
+
+def test_the_basic_interval_reflects_the_draws_around_the_estimate() -> None:
+    from orchestrator.evaluation.bootstrap import interval
+
+    draws_above = np.linspace(0.6, 1.0, 4001)  # every draw above the estimate: biased upward
+    low, high = interval(draws_above, 0.5)
+    assert low == pytest.approx(0.5 - (0.99 - 0.5), abs=1e-9)
+    assert high == pytest.approx(0.5 - (0.61 - 0.5), abs=1e-9)
