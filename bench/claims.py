@@ -18,8 +18,10 @@ def _load(results: Path, name: str) -> dict | None:
     return json.loads(file.read_text()) if file.exists() else None
 
 
-def _rows(result: dict, index: int = 0) -> dict[str, dict]:
-    table = list(result["tables"].values())[index]
+def _rows(result: dict) -> dict[str, dict]:
+    """The result's model table by model: the one with AP differences where there is one."""
+    tables = [t for t in result["tables"].values() if t and "model" in t[0]]
+    table = next((t for t in tables if "delta AP" in t[0]), tables[0])
     return {row["model"]: row for row in table}
 
 
