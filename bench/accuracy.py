@@ -27,6 +27,7 @@ from multiprocessing import get_context
 from bench.accuracy_full import SUITES as FULL_SUITES
 from bench.accuracy_full import TEACHER_EPOCHS, run_suite
 from bench.accuracy_report import build_tables
+from bench.accuracy_runs import one_thread
 from bench.common import ROOT, mean_std, target_row, write_results
 
 WORK = ROOT / "runs" / "bench_accuracy"
@@ -43,12 +44,6 @@ SUITES = {
         "OD-DETR": "experiments/shapes_rtdetr_oddetr.yaml",
     },
 }
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def train(path: str, seed: int, overrides: list[str], folder: str) -> dict:
@@ -145,7 +140,7 @@ def main() -> None:
     build_datasets(resolve_paths(load_spec(ROOT / TEACHER, common), ROOT).data)
     started = time.perf_counter()
     context = get_context("spawn")
-    with ProcessPoolExecutor(args.parallel, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(args.parallel, mp_context=context, initializer=one_thread) as pool:
         teacher_job = pool.submit(train, TEACHER, 0, teacher_overrides, str(WORK / "teacher"))
         jobs: dict[str, list] = {"baseline": [], "DETRDistill": [], "OD-DETR": []}
         for tag in ("baseline", "OD-DETR"):

@@ -21,7 +21,6 @@ from pycocotools.cocoeval import COCOeval
 from scipy import sparse
 
 DRAWS = 1000
-CHUNK = 100  # draws accumulated at once (memory: CHUNK x 10 thresholds x detections)
 
 
 @dataclass
@@ -149,13 +148,8 @@ def draws(num_images: int, count: int = DRAWS, seed: int = 0) -> np.ndarray:
 
 
 def bootstrap_ap(runs: list[ImageMatches], weights: np.ndarray) -> np.ndarray:
-    """AP of each run under each draw: [runs, B], in chunks of draws."""
-    out = np.zeros((len(runs), len(weights)))
-    for start in range(0, len(weights), CHUNK):
-        chunk = weights[start : start + CHUNK]
-        for i, run in enumerate(runs):
-            out[i, start : start + CHUNK] = run.ap(chunk)
-    return out
+    """AP of each run under each draw: [runs, B]."""
+    return np.stack([run.ap(weights) for run in runs])
 
 
 def interval(values: np.ndarray, estimate: float, level: float = 0.95) -> tuple[float, float]:
